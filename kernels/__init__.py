@@ -1,0 +1,32 @@
+"""gatedgen's attention kernels: Triton on CUDA, plain-PyTorch references everywhere else.
+
+PyPI has an unrelated package named ``kernels``; this one is installed with gatedgen and carries
+``GATEDGEN_KERNELS = True`` so tests (and users) can check which one Python imported.
+
+Public entry points (same signatures as ``kernels.attn.naive``):
+    parallel_attn(q, k, v, g=None, scale=None, cu_seqlens=None, *, gc=None, return_lse=False)
+    decode_attn(q, k_cache, v_cache, gc_cache=None, cache_seqlens=None, scale=None)
+    update_cache(k_cache, v_cache, gc_cache, k, v, g, cache_seqlens)
+    rebase_gate_cache(gc_cache, cache_seqlens)
+"""
+
+from __future__ import annotations
+
+from kernels.dispatch import (
+    decode_attn,
+    parallel_attn,
+    rebase_gate_cache,
+    triton_available,
+    update_cache,
+)
+
+GATEDGEN_KERNELS = True
+
+__all__ = [
+    "GATEDGEN_KERNELS",
+    "decode_attn",
+    "parallel_attn",
+    "rebase_gate_cache",
+    "triton_available",
+    "update_cache",
+]

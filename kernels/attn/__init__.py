@@ -1,0 +1,2 @@
+"""Gated softmax attention: ``naive`` (reference), ``parallel`` (Triton prefill/training),
+``decoding`` (Triton split-KV decode)."""

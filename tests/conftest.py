@@ -1,0 +1,51 @@
+"""Shared test helpers: fp64 oracles, NaN-poisoned buffers, tolerances per dtype."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Relative-error bounds ||out - ref|| / ||ref|| per dtype of the inputs.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+interpret = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double().cpu(), ref.double().cpu()
+    assert not torch.isnan(out).any(), "output has NaN (unwritten or invalid elements)"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def poisoned(*shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """A new buffer filled with NaN so that any element a kernel fails to write shows up."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def direct_attention(q, k, v, g=None, scale=None, offset=None):
+    """fp64 O(T^3)-memory oracle: s_ij = scale q_i.k_j + sum_{l=j+1..i} g_l, written term by term.
+
+    q [B, Tq, HQ, D]; k, v [B, Tk, H, D]; g [B, Tk, HQ] raw gates over all Tk positions.
+    Queries sit at absolute positions offset .. offset + Tq - 1 (default: the last Tq of Tk).
+    """
+    B, Tq, HQ, D = q.shape
+    Tk, H = k.shape[1], k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    offset = Tk - Tq if offset is None else offset
+    q, k, v = q.double(), k.double(), v.double()
+    kh = k.repeat_interleave(HQ // H, dim=2)
+    vh = v.repeat_interleave(HQ // H, dim=2)
+    s = scale * torch.einsum("bihd,bjhd->bhij", q, kh)  # [B, HQ, Tq, Tk]
+    i_pos = torch.arange(offset, offset + Tq)
+    j_pos = torch.arange(Tk)
+    l_pos = torch.arange(Tk)
+    if g is not None:
+        # indicator[i, j, l] = 1 when j < l <= i: the gates between key j and query i
+        ind = (l_pos[None, None, :] > j_pos[None, :, None]) & (l_pos[None, None, :] <= i_pos[:, None, None])
+        s = s + torch.einsum("ijl,blh->bhij", ind.double(), g.double())
+    s = s.masked_fill(j_pos[None, :] > i_pos[:, None], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("bhij,bjhd->bihd", p, vh)
