@@ -1,0 +1,3 @@
+"""gatedgen: text generation for gated-attention (Forgetting Transformer) language models."""
+
+__version__ = "0.1.0"

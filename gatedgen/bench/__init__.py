@@ -1,0 +1,1 @@
+"""Benchmarks behind `gatedgen bench` (commands, never timed tests)."""
