@@ -1,0 +1,73 @@
+"""The attention backend seam: the model hands q, k, v, g to a backend, which appends k, v and
+the gates' running sums to the cache and runs the prefill or decode kernel.
+
+Backends are modules with the kernel signatures of ``kernels.attn.naive``:
+    "reference"  plain PyTorch (kernels.attn.naive), any device
+    "auto"       Triton on CUDA tensors, reference elsewhere (kernels.dispatch)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+import kernels
+from kernels.attn import naive
+from gatedgen.errors import GatedgenError
+
+# Up to this many new tokens per sequence go through the decode kernel when the cache is not empty.
+MAX_DECODE_TOKENS = 16
+
+
+@dataclass
+class Step:
+    """What one forward pass does to the cache; built once per pass, shared by all layers."""
+
+    decode: bool  # decode kernel (ragged lengths allowed) vs parallel prefill kernel
+    start: int  # tokens already cached per sequence (uniform batch; prefill path only)
+    seqlens: torch.Tensor  # int32 [B] lengths before this pass (device)
+    seqlens_after: torch.Tensor  # int32 [B] lengths after this pass (device)
+    positions: torch.Tensor  # int64 [B, T] absolute positions of the new tokens (for RoPE)
+
+
+@dataclass
+class LayerCache:
+    k: torch.Tensor  # [B, Tmax, H, D]
+    v: torch.Tensor  # [B, Tmax, H, D]
+    gc: torch.Tensor | None  # [B, Tmax, HQ] fp32 running sums of log gates (None: ungated model)
+
+
+class AttentionBackend:
+    def __init__(self, ops: ModuleType, name: str):
+        self.ops = ops
+        self.name = name
+
+    def attend(
+        self,
+        q: torch.Tensor,  # [B, T, HQ, D]
+        k: torch.Tensor,  # [B, T, H, D]
+        v: torch.Tensor,  # [B, T, H, D]
+        g: torch.Tensor | None,  # [B, T, HQ] fp32 log forget gates
+        cache: LayerCache | None,
+        step: Step | None,
+    ) -> torch.Tensor:  # [B, T, HQ, D]
+        if cache is None:  # one full forward, nothing kept
+            return self.ops.parallel_attn(q, k, v, g)
+        self.ops.update_cache(cache.k, cache.v, cache.gc, k, v, g, step.seqlens)
+        if step.decode:
+            return self.ops.decode_attn(q, cache.k, cache.v, cache.gc, cache_seqlens=step.seqlens_after)
+        if step.start == 0:
+            return self.ops.parallel_attn(q, k, v, g)
+        end = step.start + q.shape[1]  # queries are the last T of `end` cached positions
+        gc = cache.gc[:, :end] if cache.gc is not None else None
+        return self.ops.parallel_attn(q, cache.k[:, :end], cache.v[:, :end], gc=gc)
+
+
+def get_backend(name: str = "auto") -> AttentionBackend:
+    if name == "reference":
+        return AttentionBackend(naive, "reference")
+    if name == "auto":
+        return AttentionBackend(kernels, "auto")
+    raise GatedgenError(f"unknown attention backend {name!r} (auto, reference)")

@@ -1,0 +1,78 @@
+"""A preallocated KV cache: keys, values and running-sum log gates for every layer."""
+
+from __future__ import annotations
+
+import torch
+
+import kernels
+from gatedgen.attention import MAX_DECODE_TOKENS, LayerCache, Step
+from gatedgen.config import ModelConfig
+from gatedgen.errors import GatedgenError
+
+
+class KVCache:
+    """Keys/values [L, B, Tmax, H, D], gate running sums [L, B, Tmax, HQ] fp32, lengths [B].
+
+    ``lengths`` mirrors ``seqlens`` on the host so that deciding what a pass does never needs a
+    device synchronisation.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str):
+        L, B, H, HQ, D = cfg.num_hidden_layers, batch_size, cfg.num_kv_heads, cfg.num_heads, cfg.head_dim
+        self.max_len = max_len
+        self.k = torch.zeros(L, B, max_len, H, D, dtype=dtype, device=device)
+        self.v = torch.zeros(L, B, max_len, H, D, dtype=dtype, device=device)
+        self.gc = torch.zeros(L, B, max_len, HQ, dtype=torch.float32, device=device) if cfg.gated else None
+        self.seqlens = torch.zeros(B, dtype=torch.int32, device=device)
+        self.lengths = [0] * B
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], self.gc[i] if self.gc is not None else None)
+
+    def reset(self) -> None:
+        self.seqlens.zero_()
+        self.lengths = [0] * self.batch_size
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after the first ``length`` tokens (all sequences)."""
+        self.seqlens.clamp_(max=length)
+        self.lengths = [min(n, length) for n in self.lengths]
+
+    def begin(self, num_new: int, mode: str = "auto") -> Step:
+        """Plan a pass that appends ``num_new`` tokens to every sequence."""
+        if max(self.lengths) + num_new > self.max_len:
+            raise GatedgenError(
+                f"context full: {max(self.lengths)} cached + {num_new} new tokens > {self.max_len}"
+            )
+        uniform = len(set(self.lengths)) == 1
+        if mode == "auto":
+            mode = "decode" if (num_new <= MAX_DECODE_TOKENS and self.lengths[0] > 0) or not uniform else "prefill"
+        if mode == "prefill" and not uniform:
+            raise GatedgenError("prefill continuing a cache needs equal lengths in the batch")
+        if mode == "decode" and num_new > MAX_DECODE_TOKENS:
+            raise GatedgenError(f"a decode step takes at most {MAX_DECODE_TOKENS} tokens per sequence")
+        offsets = torch.arange(num_new, device=self.seqlens.device)
+        return Step(
+            decode=mode == "decode",
+            start=self.lengths[0],
+            seqlens=self.seqlens,
+            seqlens_after=self.seqlens + num_new,
+            positions=self.seqlens.long()[:, None] + offsets[None, :],
+        )
+
+    def commit(self, step: Step, num_new: int) -> None:
+        """Advance the lengths after every layer has appended its keys and values."""
+        self.seqlens.copy_(step.seqlens_after)
+        self.lengths = [n + num_new for n in self.lengths]
+
+    def rebase_gates(self) -> None:
+        """Shift the running sums so the newest is 0 (exact; keeps fp32 fine over long contexts)."""
+        if self.gc is None:
+            return
+        for i in range(self.gc.shape[0]):
+            kernels.rebase_gate_cache(self.gc[i], self.seqlens)

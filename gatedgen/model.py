@@ -1,0 +1,176 @@
+"""The Forgetting Transformer (FoX) and its ungated relatives, written like the equations.
+
+Block (pre-norm):
+    h = x + Attn(RMSNorm(x))
+    y = h + MLP(RMSNorm(h)),   MLP(u) = W_down(silu(W_gate u) * W_up u)
+Attention with a forget gate (Lin et al., 2025):
+    q_t = W_q x_t, k_t = W_k x_t, v_t = W_v x_t          (optional per-head RMSNorm of q, k; RoPE)
+    g_t = logsigmoid(w_f . x_t + b_f)                     per query head, fp32
+    o_i = sum_{j <= i} softmax_j(q_i . k_j / sqrt(D) + sum_{l=j+1..i} g_l) v_j
+    y_t = W_o(o_t * sigmoid(W_g x_t))                      (output gate optional)
+Without a forget gate (Llama family) g is None and this is plain causal softmax attention.
+
+Parameter names follow fla's ``forgetting_transformer`` checkpoints (gatedgen's canonical names).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gatedgen.attention import AttentionBackend, Step, get_backend
+from gatedgen.cache import KVCache
+from gatedgen.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * w over the last dim, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm of each head's D channels; weight [heads * D] (per channel) or [D] (shared)."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float, shared: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(head_dim if shared else heads * head_dim))
+        self.heads, self.head_dim, self.eps = heads, head_dim, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, heads, D]
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        w = self.weight.float().view(-1, self.head_dim)  # [heads or 1, D]
+        return (xf * w).to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, T, 1, D] for positions [B, T] (HF Llama convention: halves rotated)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
+    angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]  # [B, T, 1, D]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend):
+        super().__init__()
+        C, D = cfg.hidden_size, cfg.head_dim
+        self.cfg, self.backend = cfg, backend
+        self.q_proj = nn.Linear(C, cfg.q_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(C, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(C, cfg.kv_dim, bias=cfg.qkv_bias)
+        if cfg.use_forget_gate:
+            self.f_proj = nn.Linear(C, cfg.num_heads, bias=True)
+        if cfg.use_output_gate:
+            self.g_proj = nn.Linear(C, cfg.q_dim, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = HeadRMSNorm(cfg.num_heads, D, cfg.qk_norm_eps, cfg.qk_norm_shared)
+            self.k_norm = HeadRMSNorm(cfg.num_kv_heads, D, cfg.qk_norm_eps, cfg.qk_norm_shared)
+        self.o_proj = nn.Linear(cfg.q_dim, C, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int, step: Step | None) -> torch.Tensor:
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, cfg.num_heads, cfg.head_dim)  # [B, T, HQ, D]
+        k = self.k_proj(x).view(B, T, cfg.num_kv_heads, cfg.head_dim)  # [B, T, H, D]
+        v = self.v_proj(x).view(B, T, cfg.num_kv_heads, cfg.head_dim)  # [B, T, H, D]
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cfg.rope_theta is not None:
+            positions = step.positions if step is not None else torch.arange(T, device=x.device)[None]
+            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        g = F.logsigmoid(self.f_proj(x).float()) if cfg.use_forget_gate else None  # [B, T, HQ] fp32
+        layer_cache = cache.layer(layer) if cache is not None else None
+        o = self.backend.attend(q, k, v, g, layer_cache, step)  # [B, T, HQ, D]
+        o = o.reshape(B, T, cfg.q_dim)
+        if cfg.use_output_gate:
+            o = o * torch.sigmoid(self.g_proj(x))
+        return self.o_proj(o)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg, backend)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int, step: Step | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, layer, step)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, backend) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+
+
+class CausalLM(nn.Module):
+    """Token ids -> next-token logits, optionally appending to a KV cache."""
+
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.backend = backend or get_backend("auto")
+        self.model = Backbone(cfg, self.backend)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.model.embeddings.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T] int64
+        cache: KVCache | None = None,
+        *,
+        mode: str = "auto",  # with a cache: "auto", "prefill" or "decode"
+        last_only: bool = False,  # logits of the last position only (prefill of long prompts)
+    ) -> torch.Tensor:  # [B, T or 1, V] fp32
+        T = input_ids.shape[1]
+        step = cache.begin(T, mode) if cache is not None else None
+        x = self.model.embeddings(input_ids)  # [B, T, C]
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cache, i, step)
+        if cache is not None:
+            cache.commit(step, T)
+        if last_only:
+            x = x[:, -1:]
+        x = self.model.norm(x)
+        return F.linear(x, self.output_weight).float()
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return KVCache(self.cfg, batch_size, max_len, self.output_weight.dtype, self.output_weight.device)
