@@ -1,0 +1,3 @@
+from gatedgen.cli import main
+
+main()

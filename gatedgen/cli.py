@@ -1,0 +1,158 @@
+"""The `gatedgen` command line. Commands stay thin: the work lives in the library modules and every
+terminal concern in ``gatedgen.ui``."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from gatedgen import __version__
+from gatedgen.errors import GatedgenError
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def _sampling_options(f):
+    """Options shared by every generating command."""
+    options = [
+        click.option("--model", "-m", "model", metavar="DIR", help="Model directory (default: weights/)."),
+        click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Most tokens to generate."),
+        click.option("--temperature", "-t", type=click.FloatRange(min=0), default=0.8, show_default=True,
+                     help="Sampling temperature; 0 = greedy."),
+        click.option("--top-k", type=click.IntRange(min=0), default=0, help="Keep the k most likely (0 = off)."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+                     help="Nucleus sampling mass in (0, 1]."),
+        click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+                     help="Drop tokens below min_p * the top probability."),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                     help="Penalise tokens already seen (1 = off)."),
+        click.option("--seed", type=int, default=None, help="Random seed (same seed, same text)."),
+        click.option("--stop", multiple=True, help="Stop string (repeatable); never printed."),
+        click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True, help="Weights dtype (auto: float32 on CPU, bfloat16 on CUDA)."),
+        click.option("--max-context", "-c", type=click.IntRange(min=2), default=None,
+                     help="Context length to allocate (default: the model's, or 4096)."),
+        click.option("--stats", is_flag=True, help="Print token counts and speeds on stderr."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _guarded(f):
+    """Turn errors into one line on stderr and the conventional exit codes."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug") or os.environ.get("GATEDGEN_DEBUG") == "1"
+        from gatedgen import ui
+
+        try:
+            return f(*args, **kwargs)
+        except GatedgenError as e:
+            if debug:
+                raise
+            ui.error(str(e))
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except Exception as e:
+            if debug:
+                raise
+            ui.error(f"unexpected {e.__class__.__name__}: {e} (run with --debug for the traceback)")
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def _quiet_broken_pipe() -> None:
+    """`gatedgen ... | head`: the reader left; end without a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    sys.exit(0)
+
+
+def _settings(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos):
+    from gatedgen.generate import GenerationSettings
+    from gatedgen.sampling import SamplingParams
+
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed)
+    sampling.validate()
+    return GenerationSettings(max_tokens=max_tokens, sampling=sampling, stop=list(stop), ignore_eos=ignore_eos)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gatedgen")
+def cli() -> None:
+    """Generate text with gated-attention (Forgetting Transformer) language models."""
+
+
+@cli.command()
+@click.option("--prompt", "-p", default=None, help="Prompt text; '-' reads stdin. Piped stdin comes first.")
+@click.option("--echo", is_flag=True, help="Print the prompt before the continuation.")
+@_sampling_options
+@_guarded
+def complete(prompt, echo, model, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
+             stop, ignore_eos, device, dtype, max_context, stats, debug):
+    """Continue a prompt; only the continuation goes to stdout."""
+    from gatedgen import runtime, ui
+
+    settings = _settings(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos)
+    text = runtime.prompt_from_inputs(prompt)
+    with ui.status("Loading model..."):
+        loaded = runtime.open_session(model, device, dtype, max_context)
+    session = loaded.session
+    if echo:
+        ui.write(text)
+    last = None
+    for response in session.generate(session.tokenizer.encode(text), settings):
+        ui.write(response.text)
+        last = response
+    if sys.stdout.isatty():
+        ui.write("\n")
+    if stats and last is not None:
+        ui.print_stats(last.stats)
+
+
+@cli.command()
+@click.option("--system", "-s", "system_prompt", default=None, help="System prompt.")
+@_sampling_options
+@_guarded
+def chat(system_prompt, model, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
+         stop, ignore_eos, device, dtype, max_context, stats, debug):
+    """Talk with the model. Piped stdin: answer it once and exit."""
+    from gatedgen import repl, runtime, ui
+
+    settings = _settings(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos)
+    piped = runtime.stdin_is_piped()
+    question = runtime.prompt_from_inputs(None) if piped else None
+    with ui.status("Loading model..."):
+        loaded = runtime.open_session(model, device, dtype, max_context)
+    conversation = repl.Conversation(loaded.session, settings, system_prompt)
+    if question is not None:
+        repl.answer_once(conversation, question, show_stats=stats)
+    else:
+        repl.run(conversation, show_stats=stats)
+
+
+def main() -> None:
+    cli(prog_name="gatedgen")
+
+
+if __name__ == "__main__":
+    main()

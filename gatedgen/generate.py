@@ -1,0 +1,166 @@
+"""Generation: prefill the new tokens once, then one token per step from the KV cache.
+
+A :class:`Session` owns a model, its tokenizer and one cache. Its context (the tokens in the
+cache) persists between calls, so a chat turn prefills only what is new; ``generate`` yields
+small :class:`Response` records as text becomes printable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from gatedgen.errors import GatedgenError
+from gatedgen.model import CausalLM
+from gatedgen.sampling import Sampler, SamplingParams
+from gatedgen.stops import StopMatcher
+from gatedgen.tokenizer import Tokenizer
+
+# Prompts are prefilled in chunks of this many tokens (bounded memory for long prompts).
+PREFILL_CHUNK = 2048
+# Re-base the gates' running sums this often (tokens); see kernels.attn.naive.rebase_gate_cache.
+REBASE_EVERY = 4096
+
+
+@dataclass
+class GenerationSettings:
+    max_tokens: int = 256
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)  # stop strings (never printed)
+    stop_token_ids: list[int] = field(default_factory=list)  # end generation like EOS (e.g. end of turn)
+    ignore_eos: bool = False  # keep going past EOS (benchmarks)
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0  # tokens prefilled by this call
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    ttft_seconds: float = 0.0  # start of the call to the first sampled token
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        # the first token comes from the prefill; each later one from a decode step
+        steps = max(self.generated_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class Response:
+    text: str  # newly printable text (may be "")
+    token: int | None  # the token sampled at this step (None for the final flush)
+    finish_reason: str | None  # None while generating; "stop" (EOS or stop string) or "length"
+    stats: Stats
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Session:
+    """One conversation or completion context on one model."""
+
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer, max_context: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.cache = model.new_cache(1, max_context)
+        self.tokens: list[int] = []  # exactly the tokens whose keys/values are in the cache
+        self.device = model.output_weight.device
+        self.eos_ids = set(tokenizer.eos_token_ids) | set(model.cfg.eos_token_id)
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.tokens = []
+
+    def _sync_tokens(self) -> None:
+        """After an interruption, keep the token list equal to what the cache holds."""
+        self.tokens = self.tokens[: self.cache.lengths[0]]
+
+    def set_context(self, ids: list[int]) -> list[int]:
+        """Reuse the cached prefix shared with ``ids``; return the tokens still to prefill."""
+        self._sync_tokens()
+        common = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            common += 1
+        if common == len(ids) and common > 0:
+            common -= 1  # the last token must be fed again to get the next-token logits
+        if common < len(self.tokens):
+            self.cache.truncate(common)
+            self.tokens = self.tokens[:common]
+        return ids[common:]
+
+    @torch.inference_mode()
+    def _feed(self, ids: list[int]) -> torch.Tensor:
+        """Append ids to the cache; return the logits after the last one, [1, V] fp32."""
+        logits = None
+        for i in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[i : i + PREFILL_CHUNK]
+            x = torch.tensor([chunk], dtype=torch.long, device=self.device)
+            logits = self.model(x, self.cache, last_only=True)[:, -1]
+            self.tokens.extend(chunk)
+            if self.cache.lengths[0] % REBASE_EVERY < len(chunk):
+                self.cache.rebase_gates()
+        return logits
+
+    def generate(self, ids: list[int], settings: GenerationSettings) -> Iterator[Response]:
+        """Generate after the context ``ids`` (the whole context: a cached prefix is reused)."""
+        if not ids:
+            raise GatedgenError("empty prompt: nothing to continue")
+        if len(ids) >= self.max_context:
+            raise GatedgenError(f"prompt has {len(ids)} tokens; the context holds {self.max_context}")
+        settings.sampling.validate()
+        stats = Stats()
+        start = time.perf_counter()
+        new = self.set_context(ids)
+        sampler = Sampler(settings.sampling, self.model.cfg.vocab_size, 1, self.device)
+        sampler.prime([ids])
+        logits = self._feed(new)
+        stats.prompt_tokens = len(new)
+        stream = self.tokenizer.stream()
+        stops = StopMatcher(settings.stop)
+        decode_start = start
+        while True:
+            token = int(sampler(logits)[0])  # the one host synchronisation per step
+            now = time.perf_counter()
+            if stats.generated_tokens == 0:
+                stats.ttft_seconds = stats.prefill_seconds = now - start
+                decode_start = now
+            else:
+                stats.decode_seconds = now - decode_start
+            stats.generated_tokens += 1
+            if (token in self.eos_ids and not settings.ignore_eos) or token in settings.stop_token_ids:
+                yield Response(_drain(stream, stops), token, "stop", stats)
+                return
+            text, hit = stops.push(stream.push(token))
+            if hit:
+                yield Response(text, token, "stop", stats)
+                return
+            if stats.generated_tokens >= settings.max_tokens or len(self.tokens) + 1 >= self.max_context:
+                yield Response(text + _drain(stream, stops), token, "length", stats)
+                return
+            yield Response(text, token, None, stats)
+            logits = self._feed([token])
+
+
+def _drain(stream, stops: StopMatcher) -> str:
+    """Text still held by the detokenizer and the stop matcher when generation ends."""
+    tail, hit = stops.push(stream.flush())
+    return tail if hit else tail + stops.flush()
+
+
+def generate_text(session: Session, prompt: str, settings: GenerationSettings) -> str:
+    """Convenience: the whole continuation of ``prompt`` as one string."""
+    ids = session.tokenizer.encode(prompt)
+    return "".join(r.text for r in session.generate(ids, settings))

@@ -1,0 +1,94 @@
+"""What the commands share: finding the model, choosing the device, reading prompts from stdin."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gatedgen.errors import GatedgenError
+from gatedgen.generate import Session
+from gatedgen.loading import load_model
+from gatedgen.tokenizer import Tokenizer
+
+# The shipped default model lives next to the package in a source checkout.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_CONTEXT = 4096
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    if model:
+        return Path(model).expanduser()
+    if (DEFAULT_MODEL_DIR / "config.json").exists():
+        return DEFAULT_MODEL_DIR
+    raise GatedgenError("no model given and no default model in weights/: pass --model DIR")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GatedgenError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class Loaded:
+    session: Session
+    model_dir: Path
+
+
+def open_session(model: str | None, device: str, dtype: str, max_context: int | None,
+                 check: bool = False) -> Loaded:
+    model_dir = resolve_model_dir(model)
+    dev = resolve_device(device)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    lm = load_model(model_dir, dtype=dtype, device=dev, check=check)
+    if lm.cfg.vocab_size < tokenizer.vocab_size:
+        raise GatedgenError(
+            f"{model_dir}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{lm.cfg.vocab_size} embeddings"
+        )
+    context = max_context or lm.cfg.max_position_embeddings or DEFAULT_CONTEXT
+    return Loaded(Session(lm, tokenizer, context), model_dir)
+
+
+def read_stdin() -> tuple[str, bool]:
+    """All of stdin as text (undecodable bytes replaced), and whether any byte was replaced."""
+    data = sys.stdin.buffer.read()
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") > data.count("\ufffd".encode())
+    return text, replaced
+
+
+def stdin_is_piped() -> bool:
+    try:
+        return not sys.stdin.isatty()
+    except (AttributeError, ValueError):  # closed or missing stdin
+        return False
+
+
+def strip_one_newline(text: str) -> str:
+    """Piped text loses its final newline, as in shell command substitution."""
+    return text[:-1] if text.endswith("\n") else text
+
+
+def prompt_from_inputs(prompt: str | None) -> str:
+    """The prompt from --prompt and/or stdin: '-' reads stdin; piped text comes first."""
+    from gatedgen import ui
+
+    parts = []
+    if prompt == "-" or (prompt is None or prompt) and stdin_is_piped():
+        text, replaced = read_stdin()
+        if replaced:
+            ui.warn("stdin held bytes that are not UTF-8; they were replaced by U+FFFD")
+        if text:
+            parts.append(strip_one_newline(text))
+    if prompt and prompt != "-":
+        parts.append(prompt)
+    text = "\n".join(parts)
+    if not text.strip():
+        raise GatedgenError("empty prompt: give --prompt TEXT or pipe text on stdin")
+    return text
