@@ -11,3 +11,27 @@ def next_power_of_2(n: int) -> int:
 
 def is_hopper(device: torch.device | None = None) -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def fix_triton_interpreter_index() -> None:
+    """Make the Triton interpreter accept tensor loop bounds (``range(0, i_end, BS)``) with NumPy 2.4.
+
+    Triton 3.6's interpreter converts a scalar tensor to a Python int with ``int(data)``, where
+    ``data`` has shape (1,); NumPy >= 2.4 refuses that. This wraps the interpreter's patching of
+    ``tl.tensor`` so that ``__index__`` reads ``data.item()`` instead. Idempotent; no effect on
+    compiled kernels.
+    """
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_index_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._index_fixed = True
+    interpreter._patch_lang_tensor = patched

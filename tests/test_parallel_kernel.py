@@ -1,0 +1,265 @@
+"""Triton parallel gated attention (kernels/attn/parallel.py) against the fp64 reference.
+
+On a machine without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, as in
+CI) at small shapes; without CUDA and without the interpreter the tests are skipped. The tests marked
+needs_cuda run real shapes on a GPU. Every test draws fresh random inputs (seed printed on failure)
+and every new buffer of the kernel module is NaN-filled so that unwritten elements fail the check.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import needs_cuda, rel_err
+from kernels.attn import naive
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+if not (INTERPRET or CUDA):
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+pytest.importorskip("triton")
+
+from kernels.attn import parallel  # noqa: E402  (after the skip: imports triton)
+
+DEVICE = "cuda" if CUDA else "cpu"
+
+# ||out - ref|| / ||ref|| bounds against the fp64 reference, per input dtype
+FWD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+BWD_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+
+
+@pytest.fixture(autouse=True)
+def nan_buffers(monkeypatch):
+    """torch.empty / empty_like return NaN-filled tensors: any element a kernel skips shows up."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def nan_empty_like(*args, **kwargs):
+        t = empty_like(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+
+
+@pytest.fixture
+def seed():
+    s = torch.seed() % 2**31
+    torch.manual_seed(s)
+    return s
+
+
+def _inputs(B, T, HQ, H, D, dtype, gate_shift=4.0, qk_gain=1.0, device=DEVICE):
+    q = (torch.randn(B, T, HQ, D) * qk_gain).to(dtype).to(device)
+    k = (torch.randn(B, T, H, D) * qk_gain).to(dtype).to(device)
+    v = torch.randn(B, T, H, D).to(dtype).to(device)
+    g = F.logsigmoid(torch.randn(B, T, HQ) + gate_shift).to(device)
+    return q, k, v, g
+
+
+def _reference(q, k, v, g=None, gc=None, cu_seqlens=None, do=None, scale=None):
+    """o (and grads of q, k, v, g/gc when do is given) of naive.parallel_attn in fp64."""
+    leaves = [t.detach().double().cpu().requires_grad_(do is not None) for t in (q, k, v)]
+    gate = g if g is not None else gc
+    gate64 = gate.detach().double().cpu().requires_grad_(do is not None) if gate is not None else None
+    kw = dict(g=gate64) if g is not None else dict(gc=gate64)
+    cu = cu_seqlens.cpu() if cu_seqlens is not None else None
+    o, lse = naive.parallel_attn(*leaves, scale=scale, cu_seqlens=cu, return_lse=True, **kw)
+    if do is None:
+        return o, lse
+    o.backward(do.double().cpu())
+    grads = [t.grad for t in leaves] + [gate64.grad if gate64 is not None else None]
+    return o, lse, grads
+
+
+def _check(name, out, ref, tol, seed):
+    err = rel_err(out, ref)
+    assert err < tol, f"{name}: rel err {err:.3g} >= {tol} (seed {seed})"
+
+
+def _run_fwd_bwd(q, k, v, g=None, gc=None, cu_seqlens=None):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    gate = g if g is not None else gc
+    gate_leaf = gate.detach().clone().requires_grad_() if gate is not None else None
+    kw = dict(g=gate_leaf) if g is not None else dict(gc=gate_leaf)
+    o = parallel.parallel_attn(*leaves, cu_seqlens=cu_seqlens, **kw)
+    do = torch.randn_like(o)
+    o.backward(do)
+    grads = [t.grad for t in leaves] + [gate_leaf.grad if gate_leaf is not None else None]
+    return o, do, grads
+
+
+def _check_fwd_bwd(q, k, v, g, seed, dtype, gc=None, cu_seqlens=None, names=("dq", "dk", "dv", "dg")):
+    o, do, grads = _run_fwd_bwd(q, k, v, g, gc, cu_seqlens)
+    o_ref, _, grads_ref = _reference(q, k, v, g, gc, cu_seqlens, do=do)
+    _check("o", o, o_ref, FWD_TOL[dtype], seed)
+    for name, got, want in zip(names, grads, grads_ref):
+        if want is None:
+            assert got is None, name
+            continue
+        _check(name, got, want, BWD_TOL[dtype], seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "B,T,HQ,H,D",
+    [(2, 63, 4, 4, 64), (1, 63, 8, 2, 100), (2, 37, 2, 1, 16), (1, 1, 2, 2, 32), (1, 70, 2, 2, 256)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gated", [True, False])
+def test_forward(B, T, HQ, H, D, dtype, gated, seed):
+    q, k, v, g = _inputs(B, T, HQ, H, D, dtype)
+    g = g if gated else None
+    o, lse = parallel.parallel_attn(q, k, v, g, return_lse=True)
+    o_ref, lse_ref = _reference(q, k, v, g)
+    assert o.dtype == dtype and o.shape == q.shape and lse.dtype == torch.float32
+    _check("o", o, o_ref, FWD_TOL[dtype], seed)
+    _check("lse", lse, lse_ref, 1e-4 if dtype == torch.float32 else 5e-3, seed)
+
+
+def test_forward_fp16_gqa(seed):
+    q, k, v, g = _inputs(2, 45, 8, 2, 96, torch.float16)
+    _check("o", parallel.parallel_attn(q, k, v, g), _reference(q, k, v, g)[0], FWD_TOL[torch.float16], seed)
+
+
+@pytest.mark.parametrize("Tq", [1, 5, 40])
+def test_forward_continues_cache(Tq, seed):
+    Tk = 57
+    q, k, v, g = _inputs(2, Tk, 4, 2, 64, torch.float32)
+    gc = torch.cumsum(g, dim=1) - 3.0  # only differences count
+    o, lse = parallel.parallel_attn(q[:, -Tq:], k, v, gc=gc, return_lse=True)
+    o_ref, lse_ref = _reference(q[:, -Tq:], k, v, gc=gc)
+    _check("o", o, o_ref, FWD_TOL[torch.float32], seed)
+    _check("lse", lse, lse_ref, 1e-4, seed)
+
+
+def test_forward_extreme_gates_and_scores(seed):
+    # gates -1e4: history forgotten, each query sees only its own value
+    q, k, v, g = _inputs(1, 50, 4, 2, 32, torch.float32)
+    o = parallel.parallel_attn(q, k, v, torch.full_like(g, -1e4))
+    _check("o (forgotten)", o, v.repeat_interleave(2, dim=2), 1e-5, seed)
+    # gates near 0 (no forgetting) and large |q.k| (scores in the hundreds)
+    q, k, v, g = _inputs(1, 50, 4, 2, 32, torch.float32, gate_shift=20.0, qk_gain=6.0)
+    _check("o (large scores)", parallel.parallel_attn(q, k, v, g), _reference(q, k, v, g)[0], 1e-4, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward + backward
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("B,T,HQ,H,D", [(2, 63, 4, 4, 64), (1, 63, 8, 2, 100), (1, 40, 2, 1, 256)])
+@pytest.mark.parametrize("gated", [True, False])
+def test_backward_fp32(B, T, HQ, H, D, gated, seed):
+    q, k, v, g = _inputs(B, T, HQ, H, D, torch.float32)
+    _check_fwd_bwd(q, k, v, g if gated else None, seed, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_backward_half(dtype, seed):
+    q, k, v, g = _inputs(2, 63, 8, 2, 64, dtype)
+    _check_fwd_bwd(q, k, v, g, seed, dtype)
+
+
+def test_backward_extreme_gates(seed):
+    # very negative gates: each row attends to itself only, so dv = do and dq, dk, dg are ~1e-12
+    # cancellation noise (no meaningful relative error): they must be finite and tiny
+    q, k, v, g = _inputs(1, 40, 2, 1, 32, torch.float32, gate_shift=-30.0)
+    o, do, (dq, dk, dv, dg) = _run_fwd_bwd(q, k, v, g)
+    _check("o", o, v.repeat_interleave(2, dim=2), 1e-5, seed)
+    _check("dv", dv, do.view(1, 40, 1, 2, 32).sum(3), 1e-5, seed)
+    for name, t in (("dq", dq), ("dk", dk), ("dg", dg)):
+        assert torch.isfinite(t).all() and t.abs().max() < 1e-4, name
+    q, k, v, g = _inputs(1, 40, 2, 1, 32, torch.float32, gate_shift=20.0, qk_gain=4.0)
+    _check_fwd_bwd(q, k, v, g, seed, torch.float32)
+
+
+def test_varlen_with_length_one(seed):
+    lens = [7, 1, 40, 12]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    q, k, v, g = _inputs(1, sum(lens), 4, 2, 64, torch.float32)
+    _check_fwd_bwd(q, k, v, g, seed, torch.float32, cu_seqlens=cu)
+    # a varlen call must equal separate calls per sequence (and not leak across boundaries)
+    o = parallel.parallel_attn(q, k, v, g, cu_seqlens=cu)
+    for bos, eos in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        sep = parallel.parallel_attn(q[:, bos:eos], k[:, bos:eos], v[:, bos:eos], g[:, bos:eos])
+        _check(f"seq {bos}:{eos}", o[:, bos:eos], sep, 1e-5, seed)
+
+
+def test_backward_continues_cache(seed):
+    Tk, Tq = 57, 20
+    q, k, v, g = _inputs(2, Tk, 4, 2, 32, torch.float32)
+    gc = torch.cumsum(g, dim=1)
+    _check_fwd_bwd(q[:, -Tq:], k, v, None, seed, torch.float32, gc=gc, names=("dq", "dk", "dv", "dgc"))
+
+
+def test_backward_deterministic(seed):
+    q, k, v, g = _inputs(1, 63, 8, 2, 64, torch.bfloat16)
+    _, do, grads = _run_fwd_bwd(q, k, v, g)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, g)]
+    parallel.parallel_attn(*leaves).backward(do)
+    for a, b in zip(grads, [t.grad for t in leaves]):
+        assert torch.equal(a, b)
+
+
+def test_rejects_bad_arguments():
+    q, k, v, g = _inputs(1, 8, 2, 1, 16, torch.float32)
+    with pytest.raises(ValueError):
+        parallel.parallel_attn(q[:, -3:], k, v, g[:, -3:])
+    with pytest.raises(ValueError):
+        parallel.parallel_attn(q, k, v, g, gc=torch.cumsum(g, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: real shapes
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "B,T,HQ,H,D", [(2, 2048, 16, 16, 128), (1, 4096, 32, 8, 128), (4, 1000, 8, 8, 64), (1, 777, 4, 2, 256)]
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_real_shapes(B, T, HQ, H, D, dtype, seed):
+    q, k, v, g = _inputs(B, T, HQ, H, D, dtype)
+    _check_fwd_bwd(q, k, v, g, seed, dtype)
+
+
+@needs_cuda
+def test_gpu_varlen_and_cache(seed):
+    lens = [1, 300, 1024, 77, 2000]
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    q, k, v, g = _inputs(1, sum(lens), 8, 2, 128, torch.bfloat16)
+    _check_fwd_bwd(q, k, v, g, seed, torch.bfloat16, cu_seqlens=cu)
+    q, k, v, g = _inputs(2, 3000, 8, 2, 128, torch.bfloat16)
+    gc = torch.cumsum(g, 1)
+    _check_fwd_bwd(q[:, -700:], k, v, None, seed, torch.bfloat16, gc=gc, names=("dq", "dk", "dv", "dgc"))
+
+
+@needs_cuda
+def test_gpu_no_int32_overflow(seed):
+    # T * HQ * D = 2^31: the last query rows' offsets do not fit in int32
+    T, HQ, H, D = 131072, 64, 8, 256
+    q = torch.randn(1, T, HQ, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16)
+    g = F.logsigmoid(torch.randn(1, T, HQ, device="cuda") + 4)
+    o = parallel.parallel_attn(q, k, v, g)
+    assert not torch.isnan(o).any()
+    gc = torch.cumsum(g.double(), 1).float()
+    hq = slice(HQ - 8, HQ)  # the last kv group: the largest offsets
+    for rows in (slice(0, 64), slice(T - 64, T)):
+        tq = rows.stop
+        ref = naive.parallel_attn(q[:, rows.start : tq, hq], k[:, :tq, H - 1 :], v[:, :tq, H - 1 :], gc=gc[:, :tq, hq])
+        _check(f"rows {rows}", o[:, rows, hq], ref, FWD_TOL[torch.bfloat16], seed)
