@@ -20,7 +20,10 @@ DEFAULT_CONTEXT = 4096
 
 def resolve_model_dir(model: str | None) -> Path:
     if model:
-        return Path(model).expanduser()
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise GatedgenError(f"{path}: no such model directory")
+        return path
     if (DEFAULT_MODEL_DIR / "config.json").exists():
         return DEFAULT_MODEL_DIR
     raise GatedgenError("no model given and no default model in weights/: pass --model DIR")
