@@ -13,6 +13,24 @@ def is_hopper(device: torch.device | None = None) -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
 
 
+def cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def num_sms(device: torch.device | None = None) -> int:
+    """Streaming multiprocessors of a CUDA device (cached: safe inside CUDA-graph capture)."""
+    if not torch.cuda.is_available():
+        return 1
+    index = torch.device(device).index if device is not None else None
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _NUM_SMS:
+        _NUM_SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _NUM_SMS[index]
+
+
 def fix_triton_interpreter_index() -> None:
     """Make the Triton interpreter accept tensor loop bounds (``range(0, i_end, BS)``) with NumPy 2.4.
 

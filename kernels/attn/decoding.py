@@ -1,0 +1,538 @@
+"""Triton split-KV (flash-decoding) gated attention against a preallocated KV cache.
+
+Same semantics and signatures as ``decode_attn``, ``update_cache`` and ``rebase_gate_cache`` in
+``naive.py``:
+    q        [B, Tq, HQ, D]    the newest Tq tokens of each sequence (Tq = 1, or a few, <= 16 or so)
+    k_cache  [B, Tmax, H, D]   v_cache alike; the new tokens' keys/values are already appended
+    gc_cache [B, Tmax, HQ]     fp32 running sums of the log forget gates (None = ungated)
+    cache_seqlens int32 [B]    valid length L of each sequence, new tokens included
+    query t sits at position L - Tq + t and sees keys j <= L - Tq + t with
+        s_tj = scale * q_t . k_j + gc[L - Tq + t] - gc[j]
+
+Decode reads the whole cache to produce a handful of rows, so the only cost that matters is
+reading K and V once at memory speed (the two numbers are in docs/notes-decode.md). The kernel:
+
+* ``decode_split_kernel``, grid (NS, B * H): program (i_s, i_bh) takes the i_s-th of NS equal
+  slices of sequence b's valid range [0, L) (slices are whole blocks of BS keys; L is read on the
+  device) for KV head h, and serves all Tq * G query rows of that head at once (G = HQ // H, row
+  r = t * G + g), so each K/V element is read from memory once. The query tile is [BM, D]
+  (BM = Tq * G rounded up to a power of two) against a [BS, D] key tile: ``tl.dot`` when the tile
+  has >= 16 rows, else a broadcast multiply and reduce on the CUDA cores. Online softmax in exp2;
+  the partial result is stored normalised with its log2-sum-exp; a program whose slice starts past
+  L stores lse = -inf (a neutral partial) and reads nothing.
+* ``decode_merge_kernel``, grid (B * Tq * HQ,): merges the NS partials of one row exactly through
+  their log-sum-exp, in a fixed order (deterministic). When NS == 1 the split kernel writes the
+  output itself and no merge runs.
+
+NS depends only on static shapes (B, H, Tmax, the SM count), never on the lengths, and nothing is
+copied to the host, so a decode step can be captured in a CUDA graph once and replayed while
+``cache_seqlens`` grows in place. Because the slices are cut from L on the device, all NS programs
+of a sequence share its work whatever its current length.
+
+Long contexts and the gate running sums. gc is kept in fp32. Scores only use differences
+gc_i - gc_j, so adding one constant to all of a sequence's running sums (per head) changes no score
+and no output: shifting is exact. What is not exact is fp32 resolution: after n tokens |gc| grows
+like n * |mean gate|, and fp32 resolves a difference of two such numbers only to about
+|gc| * 6e-8, which for |gc| = 1e5 is 6e-3 in a score -- an error in the weights of the recent,
+not-yet-forgotten keys (older keys have exp(gc_i - gc_j) ~ 0 anyway). ``rebase_gate_cache``
+subtracts each sequence's newest running sum from all its entries, so the recent entries sit near 0
+where fp32 is finest; the generation loop calls it every few thousand tokens (it costs one pass
+over gc, ~4 * L * HQ bytes read and written per sequence). ``update_cache`` continues the running
+sum from the (possibly rebased) newest entry, so rebasing and appending commute.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.utils import cdiv, next_power_of_2, num_sms
+
+LOG2E = tl.constexpr(1.4426950408889634)  # kernels work in exp2 / log2 units
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Launch defaults (measured on H100, see docs/notes-decode.md); tests and the bench override them.
+PROGRAMS_PER_SM = 4  # split count target: NS * B * H ~ PROGRAMS_PER_SM * SMs
+MAX_SPLITS = 128
+MERGE_BLOCK = 32  # partials merged per step in the merge kernel
+# tiles of < 16 query rows (Tq * G): pad to a 16-row tl.dot tile (True) or broadcast-multiply-reduce
+SMALL_TILE_DOT = False
+
+
+@triton.jit
+def _attend_block(
+    i_k, end, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
+    b_m, b_acc, b_o,
+    HQ: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, USE_G: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """One [BS, D] block of keys/values for all BM query rows: online softmax update in log2 units."""
+    o_k = i_k + tl.arange(0, BS)
+    m_k = o_k < end
+    # [BS, BD]; with D a power of two the mask is constant along D, so the loads stay 16 bytes wide
+    if BD == D:
+        m_kv = m_k[:, None]
+    else:
+        m_kv = m_k[:, None] & m_d[None, :]
+    b_k = tl.load(p_k + o_k[:, None].to(tl.int64) * stride_kt, mask=m_kv, other=0.0)
+    b_v = tl.load(p_v + o_k[:, None].to(tl.int64) * stride_vt, mask=m_kv, other=0.0)
+    # [BM, BS]
+    if USE_DOT:
+        if INTERPRET:  # the CPU interpreter's bf16 tl.dot is wrong: multiply the same values in fp32
+            b_s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision="ieee")
+        else:
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+    else:
+        b_s = tl.sum(b_q[:, None, :].to(tl.float32) * b_k[None, :, :].to(tl.float32), 2)
+    b_s = b_s * qk_scale
+    if USE_G:
+        b_gk = tl.load(p_gc[:, None] + o_k[None, :] * HQ, mask=m_m[:, None] & m_k[None, :], other=0.0)
+        b_s += b_gq[:, None] - b_gk * LOG2E
+    b_s = tl.where((o_k[None, :] <= pos_q[:, None]) & m_k[None, :], b_s, float("-inf"))
+
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    # rows that have seen no visible key yet keep m = -inf: shift by 0 instead (no NaN)
+    b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+    b_r = tl.exp2(b_m - b_m_safe)
+    b_p = tl.exp2(b_s - b_m_safe[:, None])
+    b_acc = b_acc * b_r + tl.sum(b_p, 1)
+    if USE_DOT:
+        if INTERPRET:
+            b_pv = tl.dot(b_p.to(b_v.dtype).to(tl.float32), b_v.to(tl.float32), input_precision="ieee")
+        else:
+            b_pv = tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+    else:
+        b_pv = tl.sum(b_p[:, :, None] * b_v[None, :, :].to(tl.float32), 1)
+    b_o = b_o * b_r[:, None] + b_pv
+    return b_m_new, b_acc, b_o
+
+
+@triton.jit
+def decode_split_kernel(
+    q,
+    k,
+    v,
+    gc,
+    o,
+    o_part,
+    lse_part,
+    cache_seqlens,
+    qk_scale,
+    stride_kb,
+    stride_kt,
+    stride_vb,
+    stride_vt,
+    Tmax,
+    TQ: tl.constexpr,
+    H: tl.constexpr,
+    HQ: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    NS: tl.constexpr,
+    BM: tl.constexpr,
+    BS: tl.constexpr,
+    BD: tl.constexpr,
+    USE_G: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    L = tl.load(cache_seqlens + i_b).to(tl.int32)
+    # slice i_s of [0, L): NS slices of whole BS-blocks
+    n_chunk = tl.cdiv(tl.cdiv(L, NS), BS) * BS
+    start = i_s * n_chunk
+    end = tl.minimum(start + n_chunk, L)
+
+    # query rows r = t * G + g of this KV head
+    o_m = tl.arange(0, BM)
+    i_t = o_m // G
+    i_hq = i_h * G + o_m % G
+    m_m = o_m < TQ * G
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    # row index into [B, Tq, HQ]
+    i_row = (i_b * TQ + i_t).to(tl.int64) * HQ + i_hq
+
+    if start < L:
+        pos_q = L - TQ + i_t  # [BM]
+        p_q = q + i_row[:, None] * D + o_d[None, :]
+        b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+        if USE_G:
+            p_gq = gc + (i_b.to(tl.int64) * Tmax + pos_q) * HQ + i_hq
+            b_gq = tl.load(p_gq, mask=m_m, other=0.0).to(tl.float32) * LOG2E
+            p_gc = gc + i_b.to(tl.int64) * Tmax * HQ + i_hq  # [BM], + key position * HQ
+        else:
+            b_gq = tl.zeros([BM], dtype=tl.float32)
+            p_gc = gc
+        p_k = k + i_b.to(tl.int64) * stride_kb + i_h * D + o_d[None, :]
+        p_v = v + i_b.to(tl.int64) * stride_vb + i_h * D + o_d[None, :]
+
+        b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
+        b_acc = tl.zeros([BM], dtype=tl.float32)
+        b_o = tl.zeros([BM, BD], dtype=tl.float32)
+        if INTERPRET:
+            # the CPU interpreter (numpy >= 2) cannot use a loaded value as a range() bound
+            i_k = start
+            while i_k < end:
+                b_m, b_acc, b_o = _attend_block(
+                    i_k, end, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
+                    b_m, b_acc, b_o, HQ, D, BS, BD, USE_G, USE_DOT, DOT_PRECISION, INTERPRET,
+                )
+                i_k += BS
+        else:
+            for i_k in range(start, end, BS):
+                b_m, b_acc, b_o = _attend_block(
+                    i_k, end, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
+                    b_m, b_acc, b_o, HQ, D, BS, BD, USE_G, USE_DOT, DOT_PRECISION, INTERPRET,
+                )
+
+        b_o = b_o / tl.where(b_acc > 0, b_acc, 1.0)[:, None]
+        if NS == 1:
+            tl.store(o + i_row[:, None] * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+        else:
+            # -inf for a row that saw no key in this slice
+            b_lse = tl.where(b_acc > 0, b_m + tl.log2(tl.where(b_acc > 0, b_acc, 1.0)), float("-inf"))
+            p_op = o_part + (i_row[:, None] * NS + i_s) * D + o_d[None, :]
+            tl.store(p_op, b_o, mask=m_m[:, None] & m_d[None, :])
+            tl.store(lse_part + i_row * NS + i_s, b_lse, mask=m_m)
+    else:
+        # slice beyond this sequence's length: neutral partial, nothing read
+        tl.store(lse_part + i_row * NS + i_s, tl.full([BM], float("-inf"), dtype=tl.float32), mask=m_m)
+
+
+@triton.jit
+def decode_merge_kernel(
+    o_part,
+    lse_part,
+    o,
+    D: tl.constexpr,
+    NS: tl.constexpr,
+    BD: tl.constexpr,
+    BNS: tl.constexpr,
+):
+    # one output row (b, t, hq); its NS partials [NS, D] are contiguous
+    i_r = tl.program_id(0).to(tl.int64)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    b_mx = tl.full([BNS], float("-inf"), dtype=tl.float32)
+    for i_s in range(0, NS, BNS):
+        o_s = i_s + tl.arange(0, BNS)
+        b_lse = tl.load(lse_part + i_r * NS + o_s, mask=o_s < NS, other=float("-inf"))
+        b_mx = tl.maximum(b_mx, b_lse)
+    b_m = tl.max(b_mx, 0)
+    b_m = tl.where(b_m == float("-inf"), 0.0, b_m)
+    b_den = tl.zeros([BNS], dtype=tl.float32)
+    b_o = tl.zeros([BD], dtype=tl.float32)
+    for i_s in range(0, NS, BNS):
+        o_s = i_s + tl.arange(0, BNS)
+        b_lse = tl.load(lse_part + i_r * NS + o_s, mask=o_s < NS, other=float("-inf"))
+        m_s = b_lse > float("-inf")  # neutral partials wrote no output: never read it
+        b_w = tl.exp2(b_lse - b_m)
+        b_den += b_w
+        p_op = o_part + (i_r * NS + o_s[:, None]) * D + o_d[None, :]
+        b_op = tl.load(p_op, mask=m_s[:, None] & m_d[None, :], other=0.0)
+        b_o += tl.sum(b_w[:, None] * b_op, 0)
+    b_o = b_o / tl.sum(b_den, 0)
+    tl.store(o + i_r * D + o_d, b_o.to(o.dtype.element_ty), mask=m_d)
+
+
+@triton.jit
+def update_cache_kernel(
+    k_cache,
+    v_cache,
+    gc_cache,
+    k,
+    v,
+    g,
+    cache_seqlens,
+    stride_kb,
+    stride_kt,
+    stride_vb,
+    stride_vt,
+    Tmax,
+    TN,
+    H: tl.constexpr,
+    HQ: tl.constexpr,
+    G: tl.constexpr,
+    D: tl.constexpr,
+    BT: tl.constexpr,
+    BD: tl.constexpr,
+    BG: tl.constexpr,
+    USE_G: tl.constexpr,
+):
+    # program (b, h): keys/values of KV head h and the running sums of its G query heads
+    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    L = tl.load(cache_seqlens + i_b).to(tl.int32)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    p_kc = k_cache + i_b.to(tl.int64) * stride_kb + i_h * D
+    p_vc = v_cache + i_b.to(tl.int64) * stride_vb + i_h * D
+    # while loops here and below: the CPU interpreter cannot take a run-time value as a range() bound
+    i_t = 0
+    while i_t < TN:
+        o_t = i_t + tl.arange(0, BT)
+        m_t = (o_t < TN) & (L + o_t < Tmax)  # a full cache drops the overflow (no host check)
+        m_td = m_t[:, None] & m_d[None, :]
+        o_src = ((i_b * TN + o_t).to(tl.int64) * H + i_h)[:, None] * D + o_d[None, :]
+        o_dst = (L + o_t)[:, None].to(tl.int64)
+        b_k = tl.load(k + o_src, mask=m_td, other=0.0)
+        b_v = tl.load(v + o_src, mask=m_td, other=0.0)
+        tl.store(p_kc + o_dst * stride_kt + o_d[None, :], b_k.to(k_cache.dtype.element_ty), mask=m_td)
+        tl.store(p_vc + o_dst * stride_vt + o_d[None, :], b_v.to(v_cache.dtype.element_ty), mask=m_td)
+        i_t += BT
+    if USE_G:
+        o_g = tl.arange(0, BG)
+        m_g = o_g < G
+        i_hq = i_h * G + o_g
+        p_gc = gc_cache + i_b.to(tl.int64) * Tmax * HQ + i_hq
+        # running sum before the first new token: gc[L - 1], or 0 for an empty sequence
+        b_base = tl.load(p_gc + (L - 1) * HQ, mask=m_g & (L > 0), other=0.0)
+        i_t = 0
+        while i_t < TN:
+            o_t = i_t + tl.arange(0, BT)
+            m_t = o_t < TN
+            b_g = tl.load(g + (i_b * TN + o_t).to(tl.int64)[:, None] * HQ + i_hq[None, :],
+                          mask=m_t[:, None] & m_g[None, :], other=0.0).to(tl.float32)
+            b_c = tl.cumsum(b_g, 0)
+            m_st = (m_t & (L + o_t < Tmax))[:, None] & m_g[None, :]
+            tl.store(p_gc[None, :] + (L + o_t)[:, None] * HQ, b_base[None, :] + b_c, mask=m_st)
+            b_base = b_base + tl.sum(b_g, 0)
+            i_t += BT
+
+
+@triton.jit
+def rebase_gate_kernel(gc, cache_seqlens, Tmax, HQ: tl.constexpr, BT: tl.constexpr, BH: tl.constexpr):
+    # program (b, head block) owns all positions of its heads: it reads gc[L - 1] before it overwrites
+    # it, and no other program touches these entries, so there is no race
+    i_b, i_hb = tl.program_id(0), tl.program_id(1)
+    L = tl.load(cache_seqlens + i_b).to(tl.int32)
+    o_h = i_hb * BH + tl.arange(0, BH)
+    m_h = o_h < HQ
+    p_gc = gc + i_b.to(tl.int64) * Tmax * HQ + o_h
+    b_base = tl.load(p_gc + (L - 1) * HQ, mask=m_h & (L > 0), other=0.0)
+    i_t = 0
+    while i_t < L:  # (a while loop: the CPU interpreter cannot take L as a range() bound)
+        o_t = i_t + tl.arange(0, BT)
+        m_th = (o_t < L)[:, None] & m_h[None, :]
+        p = p_gc[None, :] + o_t[:, None].to(tl.int64) * HQ
+        b_gc = tl.load(p, mask=m_th, other=0.0)
+        tl.store(p, b_gc - b_base[None, :], mask=m_th)
+        i_t += BT
+
+
+def _check(q, k_cache, v_cache, gc_cache, cache_seqlens):
+    if cache_seqlens is None:
+        raise ValueError("cache_seqlens is required")
+    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.dim() != 4:
+        raise ValueError("q, k_cache, v_cache must be 4-D [B, T, H, D]")
+    B, Tq, HQ, D = q.shape
+    if k_cache.shape != v_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
+        raise ValueError(f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)} disagree")
+    H = k_cache.shape[2]
+    if HQ % H != 0:
+        raise ValueError(f"query heads ({HQ}) must be a multiple of key/value heads ({H})")
+    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or k_cache.stride(2) != D or v_cache.stride(2) != D:
+        raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
+    if gc_cache is not None:
+        if gc_cache.shape != (B, k_cache.shape[1], HQ) or gc_cache.dtype != torch.float32:
+            raise ValueError(f"gc_cache must be fp32 [B, Tmax, HQ], got {gc_cache.dtype} {tuple(gc_cache.shape)}")
+        if not gc_cache.is_contiguous():
+            raise ValueError("gc_cache must be contiguous")
+    if cache_seqlens.shape != (B,):
+        raise ValueError(f"cache_seqlens must be [B], got {tuple(cache_seqlens.shape)}")
+    return B, Tq, HQ, H, D
+
+
+def num_splits(B: int, H: int, Tmax: int, block_s: int, device: torch.device, programs_per_sm: int | None = None) -> int:
+    """Static split count: about programs_per_sm programs per SM in all, at most one per BS-block."""
+    target = (programs_per_sm or PROGRAMS_PER_SM) * num_sms(device)
+    return max(1, min(cdiv(target, B * H), cdiv(Tmax, block_s), MAX_SPLITS))
+
+
+def _decode_attn(
+    q,
+    k_cache,
+    v_cache,
+    gc_cache=None,
+    cache_seqlens=None,
+    scale=None,
+    *,
+    out=None,
+    splits=None,
+    block_s=None,
+    num_warps=None,
+    num_stages=None,
+    use_dot=None,
+    programs_per_sm=None,
+    workspace=None,
+):
+    """decode_attn with its launch choices exposed (tests and the bench set them)."""
+    B, Tq, HQ, H, D = _check(q, k_cache, v_cache, gc_cache, cache_seqlens)
+    Tmax, G = k_cache.shape[1], HQ // H
+    scale = D**-0.5 if scale is None else scale
+    q = q.contiguous()
+    M = Tq * G
+    BD = max(16, next_power_of_2(D))
+    if use_dot is None:
+        use_dot = M >= 16 or SMALL_TILE_DOT
+    BM = max(16 if use_dot else 1, next_power_of_2(M))
+    if block_s is None:
+        # dot: [BS, BD] K and V tiles, num_stages deep in shared memory (cp.async, 16-byte rows);
+        # broadcast: keep the [BM, BS, BD] product in registers (no spills at BM * BS * BD <= 8192)
+        block_s = (64 if BD <= 128 else 32) if use_dot else max(16, min(64, 8192 // (BM * BD)))
+    if num_warps is None:
+        num_warps = 4 if BM * BD <= 64 * 128 else 8
+    if num_stages is None:
+        num_stages = 3 if BD <= 128 else 2
+    NS = splits or num_splits(B, H, Tmax, block_s, q.device, programs_per_sm)
+    o = out if out is not None else torch.empty(B, Tq, HQ, D, dtype=q.dtype, device=q.device)
+    if NS > 1:
+        if workspace is not None:
+            o_part, lse_part = workspace
+        else:
+            o_part = torch.empty(B * Tq * HQ, NS, D, dtype=torch.float32, device=q.device)
+            lse_part = torch.empty(B * Tq * HQ, NS, dtype=torch.float32, device=q.device)
+    else:
+        o_part = lse_part = o  # unused
+    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    decode_split_kernel[(NS, B * H)](
+        q,
+        k_cache,
+        v_cache,
+        gc_cache,
+        o,
+        o_part,
+        lse_part,
+        cache_seqlens,
+        scale * LOG2E.value,
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        Tmax,
+        TQ=Tq,
+        H=H,
+        HQ=HQ,
+        G=G,
+        D=D,
+        NS=NS,
+        BM=BM,
+        BS=block_s,
+        BD=BD,
+        USE_G=gc_cache is not None,
+        USE_DOT=use_dot,
+        DOT_PRECISION=dot_precision,
+        INTERPRET=INTERPRET,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    if NS > 1:
+        decode_merge_kernel[(B * Tq * HQ,)](
+            o_part, lse_part, o, D=D, NS=NS, BD=BD, BNS=min(MERGE_BLOCK, next_power_of_2(NS)), num_warps=4
+        )
+    return o
+
+
+def decode_attn(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    gc_cache: torch.Tensor | None = None,
+    cache_seqlens: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of Tq new tokens per sequence against a preallocated cache (see naive.decode_attn).
+
+    Args:
+        q: [B, Tq, HQ, D], the queries of the newest Tq tokens (causal among themselves).
+        k_cache, v_cache: [B, Tmax, H, D]; the new tokens' keys/values are already appended.
+        gc_cache: [B, Tmax, HQ] fp32 running sums of log gates (None = ungated).
+        cache_seqlens: int32 [B] on q's device, valid length including the new tokens (Tq <= L <= Tmax;
+            not checked: that would need a host synchronisation).
+        scale: defaults to D ** -0.5.
+
+    Returns:
+        o [B, Tq, HQ, D] in q's dtype. No host synchronisation and no length-dependent allocation:
+        safe to capture in a CUDA graph and replay as cache_seqlens grows in place.
+    """
+    return _decode_attn(q, k_cache, v_cache, gc_cache, cache_seqlens, scale)
+
+
+def update_cache(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    gc_cache: torch.Tensor | None,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    cache_seqlens: torch.Tensor,
+) -> None:
+    """Append Tn new tokens per sequence in place, one launch (see naive.update_cache).
+
+    k, v [B, Tn, H, D] go to positions cache_seqlens[b] .. + Tn - 1; gc_cache[b, L + t] =
+    gc_cache[b, L - 1] + cumsum(g[b])[t] (0 before the first token). cache_seqlens is not modified.
+    Tokens that would land past Tmax are dropped (checking would need a host synchronisation).
+    """
+    B, Tn, H, D = k.shape
+    Tmax = k_cache.shape[1]
+    if k_cache.shape != (B, Tmax, H, D) or v_cache.shape != k_cache.shape or v.shape != k.shape:
+        raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} and caches {tuple(k_cache.shape)} disagree")
+    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or k_cache.stride(2) != D or v_cache.stride(2) != D:
+        raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
+    use_g = gc_cache is not None
+    if use_g:
+        if g is None:
+            raise ValueError("a gated cache needs gates g")
+        HQ = gc_cache.shape[2]
+        if gc_cache.shape != (B, Tmax, HQ) or gc_cache.dtype != torch.float32 or not gc_cache.is_contiguous():
+            raise ValueError("gc_cache must be contiguous fp32 [B, Tmax, HQ]")
+        if g.shape != (B, Tn, HQ):
+            raise ValueError(f"g must be [B, Tn, HQ] = {(B, Tn, HQ)}, got {tuple(g.shape)}")
+        g = g.contiguous()
+    else:
+        HQ = H
+    if Tn == 0:
+        return
+    G = HQ // H
+    update_cache_kernel[(B, H)](
+        k_cache,
+        v_cache,
+        gc_cache,
+        k.contiguous(),
+        v.contiguous(),
+        g,
+        cache_seqlens,
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        Tmax,
+        Tn,
+        H=H,
+        HQ=HQ,
+        G=G,
+        D=D,
+        BT=min(64, max(16, next_power_of_2(Tn))),
+        BD=max(16, next_power_of_2(D)),
+        BG=next_power_of_2(G),
+        USE_G=use_g,
+        num_warps=4,
+    )
+
+
+def rebase_gate_cache(gc_cache: torch.Tensor, cache_seqlens: torch.Tensor) -> None:
+    """Subtract each sequence's newest running sum (per head) from all its valid entries, in place.
+
+    Exact for every score (they use differences only); keeps the recent entries near 0 where fp32
+    resolves them finely. One launch, no host synchronisation.
+    """
+    B, Tmax, HQ = gc_cache.shape
+    if gc_cache.dtype != torch.float32 or not gc_cache.is_contiguous():
+        raise ValueError("gc_cache must be contiguous fp32 [B, Tmax, HQ]")
+    BH = min(8, next_power_of_2(HQ))
+    rebase_gate_kernel[(B, cdiv(HQ, BH))](gc_cache, cache_seqlens, Tmax, HQ=HQ, BT=256, BH=BH, num_warps=4)

@@ -1,0 +1,273 @@
+"""Triton decode kernels (kernels/attn/decoding.py) against the reference in kernels/attn/naive.py.
+
+CPU: runs under TRITON_INTERPRET=1 on small caches (skipped when neither it nor CUDA is there).
+GPU: the same checks on CUDA tensors, plus real shapes, determinism and a CUDA-graph replay.
+Inputs are fresh random draws every run; each test prints its seed (shown by pytest on failure).
+Caches are NaN beyond each sequence's length, and outputs / split workspaces start as NaN, so an
+element read past a length or never written shows up as NaN.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import interpret, needs_cuda, poisoned, rel_err
+from kernels.attn import naive
+
+pytestmark = pytest.mark.skipif(
+    not (interpret or torch.cuda.is_available()), reason="Triton kernels need CUDA or TRITON_INTERPRET=1"
+)
+if interpret or torch.cuda.is_available():
+    from kernels.attn import decoding
+
+DEVICE = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+
+# ||out - ref|| / ||ref|| against the fp64 reference on the same (rounded) inputs. bf16 / fp16: the
+# output is rounded to the input type and the probabilities are rounded to it before the P @ V
+# product (measured ~4e-3 for bf16, ~3e-4 for fp16); fp32: exp2 and summation order only.
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.2e-2}
+
+
+def _seed() -> tuple[torch.Generator, int]:
+    seed = torch.seed() % 2**31
+    print(f"seed={seed}")
+    return torch.Generator().manual_seed(seed), seed
+
+
+def _cache(B, Tmax, HQ, H, D, dtype, lens, gated, gen, gate_shift=2.0):
+    """K/V/gc caches with random valid entries and NaN beyond each length."""
+    k = poisoned(B, Tmax, H, D, dtype=dtype)
+    v = poisoned(B, Tmax, H, D, dtype=dtype)
+    gc = poisoned(B, Tmax, HQ) if gated else None
+    for b, n in enumerate(lens):
+        k[b, :n] = torch.randn(n, H, D, generator=gen).to(dtype)
+        v[b, :n] = torch.randn(n, H, D, generator=gen).to(dtype)
+        if gated:
+            g = F.logsigmoid(torch.randn(n, HQ, generator=gen) + gate_shift)
+            gc[b, :n] = torch.cumsum(g, 0) - 5.0 * torch.rand(1, generator=gen)  # any offset: only differences count
+    to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    return to(k), to(v), to(gc)
+
+
+def _reference(q, k, v, gc, lens, scale=None):
+    gc64 = gc.double() if gc is not None else None
+    return naive.decode_attn(q.double(), k.double(), v.double(), gc64, cache_seqlens=lens, scale=scale)
+
+
+def _run(q, k, v, gc, lens, **kw):
+    """Our kernel with a NaN-filled output and split workspace."""
+    B, Tq, HQ, D = q.shape
+    out = poisoned(B, Tq, HQ, D, dtype=q.dtype, device=q.device)
+    splits = kw.get("splits")
+    if splits and splits > 1:
+        kw["workspace"] = (
+            poisoned(B * Tq * HQ, splits, D, device=q.device),
+            poisoned(B * Tq * HQ, splits, device=q.device),
+        )
+    o = decoding._decode_attn(q, k, v, gc, lens, out=out, **kw)
+    assert o.data_ptr() == out.data_ptr()
+    return o
+
+
+# (dtype, D, HQ, H, Tq, gated): every dtype, D in {64, 100, 128}, GQA 8:2 and 4:1, Tq in {1, 3, 16},
+# tiles under and over 16 rows (broadcast-reduce and tl.dot paths), gated and not
+CASES = [
+    (torch.bfloat16, 128, 8, 2, 1, True),
+    (torch.bfloat16, 64, 4, 1, 3, True),
+    (torch.float16, 100, 8, 2, 1, False),
+    (torch.float32, 64, 8, 2, 16, True),
+    (torch.bfloat16, 100, 4, 1, 16, False),
+    (torch.float16, 128, 4, 1, 3, True),
+    (torch.float32, 100, 8, 2, 3, False),
+    (torch.bfloat16, 64, 8, 2, 16, True),
+]
+
+
+@pytest.mark.parametrize("dtype,D,HQ,H,Tq,gated", CASES)
+@pytest.mark.parametrize("splits", [1, 7])
+def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits):
+    gen, seed = _seed()
+    B, Tmax = 3, 53
+    mid = int(torch.randint(Tq + 1, Tmax, (1,), generator=gen))
+    lens = [Tq, mid, Tmax]  # shortest possible (1 when Tq = 1), ragged, full cache
+    k, v, gc = _cache(B, Tmax, HQ, H, D, dtype, lens, gated, gen)
+    q = torch.randn(B, Tq, HQ, D, generator=gen).to(dtype).to(DEVICE)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    # 7 slices of 53 keys in blocks of 16: some slices lie past a length (neutral partials)
+    o = _run(q, k, v, gc, seqlens, splits=splits, block_s=16)
+    assert o.dtype == dtype
+    err = rel_err(o, _reference(q, k, v, gc, seqlens))
+    assert err < TOL[dtype], f"rel err {err:.2e} seed={seed} lens={lens}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_padded_dot_path_and_scale(dtype):
+    # G * Tq = 4 rows padded to a 16-row tl.dot tile (the other way to serve small tiles)
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D, Tq = 2, 40, 8, 2, 64, 1
+    lens = [Tmax, 1 + int(torch.randint(1, Tmax - 1, (1,), generator=gen))]
+    k, v, gc = _cache(B, Tmax, HQ, H, D, dtype, lens, True, gen)
+    q = torch.randn(B, Tq, HQ, D, generator=gen).to(dtype).to(DEVICE)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, use_dot=True, scale=0.3)
+    err = rel_err(o, _reference(q, k, v, gc, seqlens, scale=0.3))
+    assert err < TOL[dtype], f"rel err {err:.2e} seed={seed}"
+
+
+def test_default_launch_and_dispatch_names():
+    # the public signature with its own split choice
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 2, 37, 4, 2, 32
+    lens = [Tmax, 9]
+    k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float32, lens, True, gen)
+    q = torch.randn(B, 1, HQ, D, generator=gen).to(DEVICE)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    o = decoding.decode_attn(q, k, v, gc, seqlens)
+    assert rel_err(o, _reference(q, k, v, gc, seqlens)) < TOL[torch.float32], f"seed={seed}"
+    o = decoding.decode_attn(q, k, v, None, cache_seqlens=seqlens)
+    assert rel_err(o, _reference(q, k, v, None, seqlens)) < TOL[torch.float32], f"seed={seed}"
+
+
+@pytest.mark.parametrize("Tq", [1, 3])
+def test_fully_forgotten_history(Tq):
+    # gates of -1e4: every query sees only its own value
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 2, 45, 8, 2, 64
+    lens = [Tmax, 20]
+    k, v, _ = _cache(B, Tmax, HQ, H, D, torch.bfloat16, lens, False, gen)
+    gc = poisoned(B, Tmax, HQ)
+    for b, n in enumerate(lens):
+        gc[b, :n] = torch.cumsum(torch.full((n, HQ), -1e4), 0)
+    gc = gc.to(DEVICE)
+    q = torch.randn(B, Tq, HQ, D, generator=gen).to(torch.bfloat16).to(DEVICE)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16)
+    own = torch.stack([v[b, n - Tq : n] for b, n in enumerate(lens)]).repeat_interleave(HQ // H, dim=2)
+    assert rel_err(o, own) < 1e-6, f"seed={seed}"
+
+
+def test_length_one():
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 2, 16, 4, 1, 100
+    k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float16, [1, 1], True, gen)
+    q = torch.randn(B, 1, HQ, D, generator=gen).half().to(DEVICE)
+    seqlens = torch.ones(B, dtype=torch.int32, device=DEVICE)
+    o = _run(q, k, v, gc, seqlens, splits=4, block_s=16)
+    assert rel_err(o, v[:, :1].expand(B, 1, HQ, D)) < 1e-6, f"seed={seed}"
+
+
+def _update_inputs(B, Tn, H, HQ, D, gen, dtype=torch.float32):
+    k = torch.randn(B, Tn, H, D, generator=gen).to(dtype).to(DEVICE)
+    v = torch.randn(B, Tn, H, D, generator=gen).to(dtype).to(DEVICE)
+    g = F.logsigmoid(torch.randn(B, Tn, HQ, generator=gen) + 2).to(DEVICE)
+    return k, v, g
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_update_cache_matches_reference(gated):
+    gen, seed = _seed()
+    B, Tmax, H, HQ, D = 3, 120, 2, 8, 48
+    caches = [poisoned(B, Tmax, H, D, dtype=torch.bfloat16, device=DEVICE) for _ in range(2)]
+    gcc = poisoned(B, Tmax, HQ, device=DEVICE) if gated else None
+    ref = [c.clone() for c in caches] + [gcc.clone() if gated else None]
+    lens = torch.zeros(B, dtype=torch.int32, device=DEVICE)
+    # a 70-token prompt (several blocks of the running-sum scan), then ragged steps of 1 and 5
+    for step, Tn in enumerate([70, 1, 5, 1]):
+        k, v, g = _update_inputs(B, Tn, H, HQ, D, gen, dtype=torch.bfloat16)
+        decoding.update_cache(caches[0], caches[1], gcc, k, v, g if gated else None, lens)
+        naive.update_cache(ref[0], ref[1], ref[2], k, v, g if gated else None, lens)
+        lens += Tn
+        if step == 1:
+            lens[1] += 3  # ragged: sequence 1 skips ahead (its gap stays NaN in both)
+    for ours, theirs in zip(caches, ref[:2]):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True, msg=f"seed={seed}")
+    if gated:
+        torch.testing.assert_close(gcc, ref[2], rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"seed={seed}")
+        # the newest entry continues from a rebased cache the same way
+        decoding.rebase_gate_cache(gcc, lens)
+        naive.rebase_gate_cache(ref[2], lens)
+        torch.testing.assert_close(gcc, ref[2], rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"seed={seed}")
+        k, v, g = _update_inputs(B, 2, H, HQ, D, gen, dtype=torch.bfloat16)
+        decoding.update_cache(caches[0], caches[1], gcc, k, v, g, lens)
+        naive.update_cache(ref[0], ref[1], ref[2], k, v, g, lens)
+        torch.testing.assert_close(gcc, ref[2], rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"seed={seed}")
+
+
+def test_update_cache_never_writes_past_tmax():
+    # no host check is possible: tokens past the end are dropped, memory after the cache untouched
+    gen, seed = _seed()
+    B, Tmax, H, D = 2, 10, 2, 16
+    big = poisoned(B, Tmax + 4, H, D, device=DEVICE)
+    k_cache, v_cache = big[:, :Tmax], poisoned(B, Tmax, H, D, device=DEVICE)
+    k, v, _ = _update_inputs(B, 3, H, H, D, gen)
+    decoding.update_cache(k_cache, v_cache, None, k, v, None, torch.tensor([8, 2], dtype=torch.int32, device=DEVICE))
+    assert torch.isnan(big[:, Tmax:]).all()
+    torch.testing.assert_close(k_cache[0, 8:], k[0, :2])
+    torch.testing.assert_close(k_cache[1, 2:5], k[1])
+
+
+def test_rebase_keeps_outputs_and_centres_recent_entries():
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 3, 300, 4, 2, 32
+    lens = [300, 1, 170]
+    k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float32, lens, True, gen)
+    gc = gc - 1000.0  # far from zero, as after a long context
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(B, 1, HQ, D, generator=gen).to(DEVICE)
+    ref_gc = gc.clone()
+    naive.rebase_gate_cache(ref_gc, seqlens)
+    decoding.rebase_gate_cache(gc, seqlens)
+    torch.testing.assert_close(gc, ref_gc, rtol=0, atol=0, equal_nan=True, msg=f"seed={seed}")
+    for b, n in enumerate(lens):
+        assert (gc[b, n - 1] == 0).all()
+    o = _run(q, k, v, gc, seqlens, splits=2, block_s=16)
+    assert rel_err(o, _reference(q, k, v, ref_gc, seqlens)) < TOL[torch.float32], f"seed={seed}"
+
+
+# ---------------------------------------------------------------------------------------- GPU only
+
+
+@needs_cuda
+@pytest.mark.parametrize("B,T,D,Tq", [(1, 32768, 128, 1), (8, 8192, 128, 1), (3, 4096, 128, 16), (2, 2048, 256, 3), (4, 3000, 100, 1)])
+@pytest.mark.parametrize("gated", [True, False])
+def test_gpu_real_shapes_ragged_deterministic(B, T, D, Tq, gated):
+    gen, seed = _seed()
+    HQ, H = 32, 8
+    lens = [T] + [int(x) for x in torch.randint(Tq, T, (B - 1,), generator=gen)]
+    k, v, gc = _cache(B, T, HQ, H, D, torch.bfloat16, lens, gated, gen)
+    q = torch.randn(B, Tq, HQ, D, generator=gen).bfloat16().cuda()
+    seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    o = decoding.decode_attn(q, k, v, gc, seqlens)
+    gcf = gc.float() if gated else None
+    ref = naive.decode_attn(q.float(), k.float(), v.float(), gcf, cache_seqlens=seqlens)
+    err = rel_err(o, ref)
+    assert err < TOL[torch.bfloat16], f"rel err {err:.2e} seed={seed} lens={lens}"
+    assert torch.equal(o, decoding.decode_attn(q, k, v, gc, seqlens)), "not deterministic"
+
+
+@needs_cuda
+def test_cuda_graph_replay_as_lengths_grow():
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 2, 8192, 32, 8, 128
+    k, v, gc = _cache(B, Tmax, HQ, H, D, torch.bfloat16, [Tmax, Tmax], True, gen)
+    q = torch.randn(B, 1, HQ, D, generator=gen).bfloat16().cuda()
+    seqlens = torch.tensor([1, 300], dtype=torch.int32, device="cuda")
+    decoding.decode_attn(q, k, v, gc, seqlens)  # compile outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        decoding.decode_attn(q, k, v, gc, seqlens)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_static = decoding.decode_attn(q, k, v, gc, seqlens)
+    for step in [0, 1, 200, 3000, 4000]:
+        seqlens += torch.tensor([step, step // 2], dtype=torch.int32, device="cuda")  # in place
+        q.copy_(torch.randn(B, 1, HQ, D, generator=gen).bfloat16())
+        graph.replay()
+        eager = decoding.decode_attn(q, k, v, gc, seqlens)
+        assert torch.equal(o_static, eager), f"graph replay differs from eager at lengths {seqlens.tolist()} seed={seed}"
+        ref = naive.decode_attn(q.float(), k.float(), v.float(), gc, cache_seqlens=seqlens)
+        assert rel_err(o_static, ref) < TOL[torch.bfloat16], f"seed={seed}"
