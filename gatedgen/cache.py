@@ -13,6 +13,11 @@ from gatedgen.errors import GatedgenError
 class KVCache:
     """Keys/values [L, B, Tmax, H, D], gate running sums [L, B, Tmax, HQ] fp32, lengths [B].
 
+    Models with a key/value shift (FoX Pro) also keep the pre-mix k~ / v~ of every cached position
+    (``k_pre`` / ``v_pre`` [L, B, Tmax, H, D]): the next token mixes in k~ of the last one, and
+    storing them per position (not just the last) keeps ``truncate`` exact at the cost of doubling
+    the cache of those models.
+
     ``lengths`` mirrors ``seqlens`` on the host so that deciding what a pass does never needs a
     device synchronisation.
     """
@@ -24,6 +29,9 @@ class KVCache:
         self.k = torch.zeros(L, B, max_len, H, D, dtype=dtype, device=device)
         self.v = torch.zeros(L, B, max_len, H, D, dtype=dtype, device=device)
         self.gc = torch.zeros(L, B, max_len, HQ, dtype=torch.float32, device=device) if cfg.gated else None
+        shape = (L, B, max_len, H, D)
+        self.k_pre = torch.zeros(shape, dtype=dtype, device=device) if cfg.use_k_shift else None
+        self.v_pre = torch.zeros(shape, dtype=dtype, device=device) if cfg.use_v_shift else None
         self.seqlens = torch.zeros(B, dtype=torch.int32, device=device)
         self.lengths = [0] * B
 

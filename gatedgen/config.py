@@ -29,10 +29,15 @@ class ModelConfig:
     qk_norm: bool = False  # per-head RMSNorm of q and k before attention
     qk_norm_eps: float = 1e-5  # eps of that norm (fla's GroupNorm default)
     qk_norm_shared: bool = False  # q/k norm weights [D] shared by all heads (else [HQ*D] / [H*D])
-    use_output_gate: bool = False  # o * sigmoid(g_proj(x)) before o_proj
+    use_output_gate: bool = False  # o * act(g_proj(x)) before o_proj
+    output_gate_act: str = "sigmoid"  # act of the output gate: "sigmoid" or "silu"
+    use_output_norm: bool = False  # per-head RMSNorm o_norm of the attention output before the gate (FoX Pro)
+    use_k_shift: bool = False  # FoX Pro key shift: k_t = a_t k~_{t-1} + (1 - a_t) k~_t, a_t = sigmoid(w . x_t)
+    use_v_shift: bool = False  # the same data-dependent shift for values
     norm_eps: float = 1e-6  # eps of the block and final RMSNorms
     tie_word_embeddings: bool = False  # lm_head shares the embedding matrix
     rope_theta: float | None = None  # RoPE base; None = no positional encoding (FoX)
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear" | "llama3", "factor": ..., ...}
     max_position_embeddings: int | None = None  # trained context; None = unbounded (FoX)
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
@@ -61,6 +66,10 @@ class ModelConfig:
                 raise GatedgenError(f"config.json: {name} must be a positive number, got {value!r}")
         if self.rope_theta is not None and not (self.rope_theta > 0):
             raise GatedgenError(f"config.json: rope_theta must be positive, got {self.rope_theta!r}")
+        if self.output_gate_act not in ("sigmoid", "silu"):
+            raise GatedgenError(f"config.json: output gate activation {self.output_gate_act!r} (sigmoid, silu)")
+        if self.rope_scaling is not None:
+            validate_rope_scaling(self.rope_scaling)
 
     @property
     def q_dim(self) -> int:
@@ -76,6 +85,30 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+ROPE_SCALING_TYPES = ("linear", "llama3")
+
+
+def validate_rope_scaling(scaling: Any) -> None:
+    """``rope_scaling`` as HF configs write it: linear (positions / factor) or llama3 (per-band)."""
+    if not isinstance(scaling, dict):
+        raise GatedgenError(f"config.json: rope_scaling must be an object, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_SCALING_TYPES:
+        raise GatedgenError(
+            f"config.json: rope_scaling type {kind!r} is not supported (gatedgen reads: "
+            f"{', '.join(ROPE_SCALING_TYPES)})"
+        )
+    keys = ["factor"]
+    if kind == "llama3":
+        keys += ["low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+    for key in keys:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise GatedgenError(f"config.json: rope_scaling {key} must be a positive number, got {value!r}")
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise GatedgenError("config.json: rope_scaling high_freq_factor must exceed low_freq_factor")
 
 
 def read_int(d: dict[str, Any], key: str, default: Any = None, *, required: bool = False) -> Any:

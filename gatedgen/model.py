@@ -9,11 +9,16 @@ Attention with a forget gate (Lin et al., 2025):
     o_i = sum_{j <= i} softmax_j(q_i . k_j / sqrt(D) + sum_{l=j+1..i} g_l) v_j
     y_t = W_o(o_t * sigmoid(W_g x_t))                      (output gate optional)
 Without a forget gate (Llama family) g is None and this is plain causal softmax attention.
+FoX Pro (official release) adds, per head:
+    k~_t = W_k x_t,  a_t = sigmoid(w_a . x_t),  k_t = a_t k~_{t-1} + (1 - a_t) k~_t   (k~_{-1} = 0;
+    before the k norm; values likewise), and o_t -> RMSNorm_head(o_t) before the output gate.
 
 Parameter names follow fla's ``forgetting_transformer`` checkpoints (gatedgen's canonical names).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -53,9 +58,27 @@ class HeadRMSNorm(nn.Module):
         return (xf * w).to(x.dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None, device=None) -> torch.Tensor:
+    """Inverse frequencies [D/2] of RoPE, with HF's ``linear`` or ``llama3`` rope_scaling applied."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).double() / head_dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":  # long wavelengths slowed by `factor`, short ones kept, a smooth band between
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old_len / low, inv_freq / factor,
+                               torch.where(wavelen < old_len / high, inv_freq, blended))
+    return inv_freq.float()
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [B, T, 1, D] for positions [B, T] (HF Llama convention: halves rotated)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions.device)
     angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
     angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]  # [B, T, 1, D]
     return angles.cos(), angles.sin()
@@ -65,6 +88,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.float().chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+def token_shift(
+    cur: torch.Tensor,  # [B, T, H, D] pre-mix k~ (or v~) of the new tokens
+    logits: torch.Tensor,  # [B, T, H] w_a . x_t
+    history: torch.Tensor | None,  # [B, Tmax, H, D] pre-mix values of cached positions (appended here)
+    step: Step | None,
+) -> torch.Tensor:  # [B, T, H, D]  a_t * cur_{t-1} + (1 - a_t) * cur_t, cur_{-1} = 0
+    B = cur.shape[0]
+    prev0 = torch.zeros_like(cur[:, :1])  # [B, 1, H, D] the token before the first new one
+    if history is not None:
+        rows = torch.arange(B, device=cur.device)
+        seqlens = step.seqlens.long()
+        last = history[rows, (seqlens - 1).clamp(min=0)]  # [B, H, D]
+        prev0 = torch.where((seqlens > 0)[:, None, None], last, torch.zeros_like(last))[:, None]
+        history[rows[:, None], step.positions] = cur  # ragged: each sequence at its own positions
+    prev = torch.cat([prev0, cur[:, :-1]], dim=1)
+    a = torch.sigmoid(logits.float())[..., None]  # [B, T, H, 1]
+    return (a * prev.float() + (1 - a) * cur.float()).to(cur.dtype)
 
 
 class Attention(nn.Module):
@@ -79,6 +121,12 @@ class Attention(nn.Module):
             self.f_proj = nn.Linear(C, cfg.num_heads, bias=True)
         if cfg.use_output_gate:
             self.g_proj = nn.Linear(C, cfg.q_dim, bias=False)
+        if cfg.use_k_shift:
+            self.k_shift_proj = nn.Linear(C, cfg.num_kv_heads, bias=False)
+        if cfg.use_v_shift:
+            self.v_shift_proj = nn.Linear(C, cfg.num_kv_heads, bias=False)
+        if cfg.use_output_norm:
+            self.o_norm = HeadRMSNorm(cfg.num_heads, D, cfg.norm_eps, shared=False)
         if cfg.qk_norm:
             self.q_norm = HeadRMSNorm(cfg.num_heads, D, cfg.qk_norm_eps, cfg.qk_norm_shared)
             self.k_norm = HeadRMSNorm(cfg.num_kv_heads, D, cfg.qk_norm_eps, cfg.qk_norm_shared)
@@ -90,18 +138,25 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, cfg.num_heads, cfg.head_dim)  # [B, T, HQ, D]
         k = self.k_proj(x).view(B, T, cfg.num_kv_heads, cfg.head_dim)  # [B, T, H, D]
         v = self.v_proj(x).view(B, T, cfg.num_kv_heads, cfg.head_dim)  # [B, T, H, D]
+        if cfg.use_k_shift:
+            k = token_shift(k, self.k_shift_proj(x), cache.k_pre[layer] if cache is not None else None, step)
+        if cfg.use_v_shift:
+            v = token_shift(v, self.v_shift_proj(x), cache.v_pre[layer] if cache is not None else None, step)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.rope_theta is not None:
             positions = step.positions if step is not None else torch.arange(T, device=x.device)[None]
-            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         g = F.logsigmoid(self.f_proj(x).float()) if cfg.use_forget_gate else None  # [B, T, HQ] fp32
         layer_cache = cache.layer(layer) if cache is not None else None
         o = self.backend.attend(q, k, v, g, layer_cache, step)  # [B, T, HQ, D]
+        if cfg.use_output_norm:
+            o = self.o_norm(o)
         o = o.reshape(B, T, cfg.q_dim)
         if cfg.use_output_gate:
-            o = o * torch.sigmoid(self.g_proj(x))
+            gate = self.g_proj(x)
+            o = o * (torch.sigmoid(gate) if cfg.output_gate_act == "sigmoid" else F.silu(gate))
         return self.o_proj(o)
 
 

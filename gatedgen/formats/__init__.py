@@ -15,9 +15,9 @@ from typing import Any
 
 from gatedgen.config import ModelConfig
 from gatedgen.errors import GatedgenError
-from gatedgen.formats import fla_fox
+from gatedgen.formats import fla_fox, fox_official, llama
 
-_FORMATS: list[ModuleType] = [fla_fox]
+_FORMATS: list[ModuleType] = [fla_fox, fox_official, llama]
 
 
 def register(module: ModuleType) -> None:
