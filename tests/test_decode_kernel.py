@@ -46,7 +46,8 @@ def _cache(B, Tmax, HQ, H, D, dtype, lens, gated, gen, gate_shift=2.0):
         v[b, :n] = torch.randn(n, H, D, generator=gen).to(dtype)
         if gated:
             g = F.logsigmoid(torch.randn(n, HQ, generator=gen) + gate_shift)
-            gc[b, :n] = torch.cumsum(g, 0) - 5.0 * torch.rand(1, generator=gen)  # any offset: only differences count
+            # any offset: only differences count
+            gc[b, :n] = torch.cumsum(g, 0) - 5.0 * torch.rand(1, generator=gen)
     to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     return to(k), to(v), to(gc)
 
@@ -202,7 +203,8 @@ def test_update_cache_never_writes_past_tmax():
     big = poisoned(B, Tmax + 4, H, D, device=DEVICE)
     k_cache, v_cache = big[:, :Tmax], poisoned(B, Tmax, H, D, device=DEVICE)
     k, v, _ = _update_inputs(B, 3, H, H, D, gen)
-    decoding.update_cache(k_cache, v_cache, None, k, v, None, torch.tensor([8, 2], dtype=torch.int32, device=DEVICE))
+    lens = torch.tensor([8, 2], dtype=torch.int32, device=DEVICE)
+    decoding.update_cache(k_cache, v_cache, None, k, v, None, lens)
     assert torch.isnan(big[:, Tmax:]).all()
     torch.testing.assert_close(k_cache[0, 8:], k[0, :2])
     torch.testing.assert_close(k_cache[1, 2:5], k[1])
@@ -230,7 +232,10 @@ def test_rebase_keeps_outputs_and_centres_recent_entries():
 
 
 @needs_cuda
-@pytest.mark.parametrize("B,T,D,Tq", [(1, 32768, 128, 1), (8, 8192, 128, 1), (3, 4096, 128, 16), (2, 2048, 256, 3), (4, 3000, 100, 1)])
+@pytest.mark.parametrize(
+    "B,T,D,Tq",
+    [(1, 32768, 128, 1), (8, 8192, 128, 1), (3, 4096, 128, 16), (2, 2048, 256, 3), (4, 3000, 100, 1)],
+)
 @pytest.mark.parametrize("gated", [True, False])
 def test_gpu_real_shapes_ragged_deterministic(B, T, D, Tq, gated):
     gen, seed = _seed()
@@ -268,6 +273,7 @@ def test_cuda_graph_replay_as_lengths_grow():
         q.copy_(torch.randn(B, 1, HQ, D, generator=gen).bfloat16())
         graph.replay()
         eager = decoding.decode_attn(q, k, v, gc, seqlens)
-        assert torch.equal(o_static, eager), f"graph replay differs from eager at lengths {seqlens.tolist()} seed={seed}"
+        at = seqlens.tolist()
+        assert torch.equal(o_static, eager), f"graph replay differs from eager at lengths {at} seed={seed}"
         ref = naive.decode_attn(q.float(), k.float(), v.float(), gc, cache_seqlens=seqlens)
         assert rel_err(o_static, ref) < TOL[torch.bfloat16], f"seed={seed}"

@@ -66,7 +66,8 @@ SMALL_TILE_DOT = False
 def _attend_block(
     i_k, end, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
     b_m, b_acc, b_o,
-    HQ: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, USE_G: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HQ: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
+    USE_G: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     """One [BS, D] block of keys/values for all BM query rows: online softmax update in log2 units."""
@@ -193,7 +194,8 @@ def decode_split_kernel(
 
         b_o = b_o / tl.where(b_acc > 0, b_acc, 1.0)[:, None]
         if NS == 1:
-            tl.store(o + i_row[:, None] * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+            p_o = o + i_row[:, None] * D + o_d[None, :]
+            tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
         else:
             # -inf for a row that saw no key in this slice
             b_lse = tl.where(b_acc > 0, b_m + tl.log2(tl.where(b_acc > 0, b_acc, 1.0)), float("-inf"))
@@ -332,7 +334,9 @@ def _check(q, k_cache, v_cache, gc_cache, cache_seqlens):
         raise ValueError("q, k_cache, v_cache must be 4-D [B, T, H, D]")
     B, Tq, HQ, D = q.shape
     if k_cache.shape != v_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
-        raise ValueError(f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)} disagree")
+        raise ValueError(
+            f"q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)} disagree"
+        )
     H = k_cache.shape[2]
     if HQ % H != 0:
         raise ValueError(f"query heads ({HQ}) must be a multiple of key/value heads ({H})")
@@ -340,7 +344,8 @@ def _check(q, k_cache, v_cache, gc_cache, cache_seqlens):
         raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
     if gc_cache is not None:
         if gc_cache.shape != (B, k_cache.shape[1], HQ) or gc_cache.dtype != torch.float32:
-            raise ValueError(f"gc_cache must be fp32 [B, Tmax, HQ], got {gc_cache.dtype} {tuple(gc_cache.shape)}")
+            got = f"{gc_cache.dtype} {tuple(gc_cache.shape)}"
+            raise ValueError(f"gc_cache must be fp32 [B, Tmax, HQ], got {got}")
         if not gc_cache.is_contiguous():
             raise ValueError("gc_cache must be contiguous")
     if cache_seqlens.shape != (B,):
@@ -348,7 +353,9 @@ def _check(q, k_cache, v_cache, gc_cache, cache_seqlens):
     return B, Tq, HQ, H, D
 
 
-def num_splits(B: int, H: int, Tmax: int, block_s: int, device: torch.device, programs_per_sm: int | None = None) -> int:
+def num_splits(
+    B: int, H: int, Tmax: int, block_s: int, device: torch.device, programs_per_sm: int | None = None
+) -> int:
     """Static split count: about programs_per_sm programs per SM in all, at most one per BS-block."""
     target = (programs_per_sm or PROGRAMS_PER_SM) * num_sms(device)
     return max(1, min(cdiv(target, B * H), cdiv(Tmax, block_s), MAX_SPLITS))

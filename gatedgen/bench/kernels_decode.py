@@ -1,0 +1,218 @@
+"""Decode attention benchmark: our split-KV kernel next to fla and torch SDPA.
+
+Shapes as docs/peers: bf16, HQ=32, H=8, D=128, one new token per sequence, N sequences x T cached
+tokens (the cache is full: cache_seqlens = T), with and without forget gates (g = logsigmoid(randn
++ 4), fp32). Effective bandwidth = bytes of K and V read, 2*N*T*H*D*2, over the time. Times are
+triton.testing.do_bench medians (it clears L2 between repetitions); "graph" replays our decode step
+captured in a CUDA graph, which removes the launch overhead that dominates small shapes.
+Run: ``python -m gatedgen.bench.kernels_decode [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(1, 4096), (1, 32768), (1, 131072), (8, 8192), (32, 4096)]
+HQ, H, D = 32, 8, 128
+
+# launch variants of our kernel (keyword overrides of kernels.attn.decoding._decode_attn)
+VARIANTS = {
+    "default": {},
+    "bcast": {"use_dot": False},
+    "dot64": {"use_dot": True, "block_s": 64, "num_warps": 4, "num_stages": 3},
+    "dot64-s2": {"use_dot": True, "block_s": 64, "num_warps": 4, "num_stages": 2},
+    "dot64-s4": {"use_dot": True, "block_s": 64, "num_warps": 4, "num_stages": 4},
+    "dot32-s4": {"use_dot": True, "block_s": 32, "num_warps": 4, "num_stages": 4},
+    "dot128-w8": {"use_dot": True, "block_s": 128, "num_warps": 8, "num_stages": 3},
+    "dot64-pps2": {"use_dot": True, "block_s": 64, "programs_per_sm": 2},
+    "dot64-pps8": {"use_dot": True, "block_s": 64, "programs_per_sm": 8},
+}
+
+
+def _bench(fn) -> float:
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _graph(fn):
+    """Capture fn once in a CUDA graph; return its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _fla():
+    try:
+        from fla.ops.attn.decoding import attn_decoding_one_step
+    except Exception:  # noqa: BLE001 - fla is optional
+        return None
+    return attn_decoding_one_step
+
+
+def _inputs(N, T, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(N, 1, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(N, T, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(N, T, H, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    g = F.logsigmoid(torch.randn(N, T, HQ, device="cuda", generator=gen) + 4)
+    gc = torch.cumsum(g, dim=1)
+    lens = torch.full((N,), T, dtype=torch.int32, device="cuda")
+    return q, k, v, g, gc, lens
+
+
+def _rel_err(out, ref) -> float:
+    out, ref = out.float(), ref.float()
+    if torch.isnan(out).any():
+        return float("nan")
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def _tbps(N, T, us) -> float:
+    return 2 * N * T * H * D * 2 / (us * 1e-6) / 1e12
+
+
+def sweep(shapes=((1, 4096), (1, 32768), (32, 4096)), variants=None, gated=True) -> list[dict]:
+    """Our kernel under each launch variant: time (us) per shape, checked against the default."""
+    from kernels.attn import decoding
+
+    variants = variants or VARIANTS
+    rows = []
+    for N, T in shapes:
+        q, k, v, _, gc, lens = _inputs(N, T)
+        gc = gc if gated else None
+        base = decoding.decode_attn(q, k, v, gc, lens)
+        for name, kw in variants.items():
+            def fn(kw=kw):
+                return decoding._decode_attn(q, k, v, gc, lens, **kw)
+
+            err = _rel_err(fn(), base)
+            us = _bench(fn) * 1e3
+            row = {"variant": name, "N": N, "T": T, "gated": gated, "us": us, "err_vs_default": err}
+            rows.append(row | {"tbps": _tbps(N, T, us)})
+        del q, k, v, gc
+        torch.cuda.empty_cache()
+    return rows
+
+
+def best_variant(rows) -> str:
+    """Variant with the smallest geometric-mean time over the swept shapes."""
+    names = sorted({r["variant"] for r in rows})
+    score = {n: sum(math.log(r["us"]) for r in rows if r["variant"] == n) for n in names}
+    return min(score, key=score.get)
+
+
+def run(quick: bool = False, variant: dict | None = None) -> list[dict]:
+    """One dict per (shape, gated): us and TB/s for ours (eager, CUDA graph), fla and SDPA."""
+    from kernels.attn import decoding, naive
+
+    kw = variant or {}
+    fla = _fla()
+    shapes = SHAPES[:2] + SHAPES[3:4] if quick else SHAPES
+    rows = []
+    for N, T in shapes:
+        q, k, v, g, gc, lens = _inputs(N, T)
+        # SDPA layout [N, heads, T, D]; GQA through enable_gqa
+        qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+
+        def sdpa():
+            return F.scaled_dot_product_attention(qs, ks, vs, enable_gqa=True)
+
+        sdpa_us = _bench(sdpa) * 1e3
+        for gated in (True, False):
+            gcc = gc if gated else None
+            row = {"N": N, "T": T, "gated": gated}
+
+            def ours(gcc=gcc):
+                return decoding._decode_attn(q, k, v, gcc, lens, **kw)
+
+            o = ours()
+            ref = naive.decode_attn(q.float(), k.float(), v.float(), gcc, cache_seqlens=lens)
+            row["err"] = _rel_err(o, ref)
+            row["us"] = _bench(ours) * 1e3
+            row["graph_us"] = _bench(_graph(ours)) * 1e3
+            row["sdpa_us"] = sdpa_us
+            if not gated:
+                row["sdpa_err"] = _rel_err(sdpa().transpose(1, 2), ref)
+            del ref
+            if fla is not None:
+                cu = torch.arange(0, N + 1, device="cuda", dtype=torch.long) * T
+
+                def peer(gated=gated):
+                    return fla(
+                        q.view(1, N, HQ, D), k.view(1, N * T, H, D), v.view(1, N * T, H, D),
+                        g=g.view(1, N * T, HQ) if gated else None, cu_seqlens=cu,
+                    )
+
+                row["fla_us"] = _bench(peer) * 1e3
+                row["fla_err"] = _rel_err(peer().view(N, 1, HQ, D), o)
+            for key in ("us", "graph_us", "sdpa_us", "fla_us"):
+                if key in row:
+                    row[key.replace("us", "tbps")] = _tbps(N, T, row[key])
+            rows.append(row)
+        del q, k, v, g, gc, qs, ks, vs
+        torch.cuda.empty_cache()
+    return rows
+
+
+def ceilings() -> dict:
+    """Device-to-device copy (bytes read + written) and a read-only reduction, 1 GiB each."""
+    x = torch.randn(2**29, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    copy_us = _bench(lambda: y.copy_(x)) * 1e3
+    read_us = _bench(lambda: x.sum(dtype=torch.float32)) * 1e3
+    return {"copy_tbps": 2 * x.numel() * 2 / copy_us / 1e6, "read_tbps": x.numel() * 2 / read_us / 1e6}
+
+
+def format_table(rows) -> str:
+    def f(x, fmt):
+        return "—" if x is None else format(x, fmt)
+
+    lines = [
+        "| N x T | g | ours us / TB/s | ours graph us / TB/s | fla us / TB/s | SDPA (no g) us / TB/s "
+        "| x fla | x SDPA | graph x SDPA | err |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fla_us = r.get("fla_us")
+        lines.append(
+            f"| {r['N']} x {r['T']} | {'yes' if r['gated'] else 'no'} "
+            f"| {r['us']:.1f} / {r['tbps']:.2f} | {r['graph_us']:.1f} / {r['graph_tbps']:.2f} "
+            f"| {f(fla_us, '.0f')} / {f(r.get('fla_tbps'), '.2f')} "
+            f"| {r['sdpa_us']:.1f} / {r['sdpa_tbps']:.2f} "
+            f"| {f(fla_us / r['us'] if fla_us else None, '.0f')} | {r['sdpa_us'] / r['us']:.2f} "
+            f"| {r['sdpa_us'] / r['graph_us']:.2f} | {r['err']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def format_sweep(rows) -> str:
+    lines = ["| variant | N x T | us | TB/s | err vs default |", "|---|---|---|---|---|"]
+    for r in rows:
+        shape = f"{r['N']} x {r['T']}"
+        lines.append(
+            f"| {r['variant']} | {shape} | {r['us']:.1f} | {r['tbps']:.2f} | {r['err_vs_default']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="three shapes instead of five")
+    args = parser.parse_args()
+    print(format_table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()
