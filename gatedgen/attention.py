@@ -15,6 +15,7 @@ import torch
 
 import kernels
 from kernels.attn import naive
+from kernels.gate import naive as gate_naive
 from gatedgen.errors import GatedgenError
 
 # Up to this many new tokens per sequence go through the decode kernel when the cache is not empty.
@@ -43,6 +44,7 @@ class AttentionBackend:
     def __init__(self, ops: ModuleType, name: str):
         self.ops = ops
         self.name = name
+        self.gate_ops = kernels if name == "auto" else gate_naive  # append_kv (fused forget gate)
 
     def attend(
         self,
@@ -52,15 +54,24 @@ class AttentionBackend:
         g: torch.Tensor | None,  # [B, T, HQ] fp32 log forget gates
         cache: LayerCache | None,
         step: Step | None,
+        *,
+        f: torch.Tensor | None = None,  # [B, T, HQ] forget-gate logits instead of g = logsigmoid(f)
     ) -> torch.Tensor:  # [B, T, HQ, D]
         if cache is None:  # one full forward, nothing kept
+            if f is not None:
+                g = torch.nn.functional.logsigmoid(f.float())
             return self.ops.parallel_attn(q, k, v, g)
-        self.ops.update_cache(cache.k, cache.v, cache.gc, k, v, g, step.seqlens)
+        if f is not None:  # logsigmoid, running sum and append in one pass (kernels/gate)
+            self.gate_ops.append_kv(cache.k, cache.v, cache.gc, k, v, f, step.seqlens)
+        else:
+            self.ops.update_cache(cache.k, cache.v, cache.gc, k, v, g, step.seqlens)
         if step.decode:
             return self.ops.decode_attn(q, cache.k, cache.v, cache.gc, cache_seqlens=step.seqlens_after)
-        if step.start == 0:
+        if step.start == 0 and (f is None or cache.gc is None):
             return self.ops.parallel_attn(q, k, v, g)
         end = step.start + q.shape[1]  # queries are the last T of `end` cached positions
+        if step.start == 0:  # the running sums are in the cache already
+            return self.ops.parallel_attn(q, k, v, gc=cache.gc[:, :end])
         gc = cache.gc[:, :end] if cache.gc is not None else None
         return self.ops.parallel_attn(q, cache.k[:, :end], cache.v[:, :end], gc=gc)
 

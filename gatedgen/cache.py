@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 import kernels
@@ -77,6 +79,17 @@ class KVCache:
         """Advance the lengths after every layer has appended its keys and values."""
         self.seqlens.copy_(step.seqlens_after)
         self.lengths = [n + num_new for n in self.lengths]
+
+    def row(self, b: int) -> KVCache:
+        """A batch-1 view of sequence ``b`` sharing this cache's storage (prefill one prompt of a
+        batch). Its device length is a view too; copy its host length back with ``lengths[b] = ...``."""
+        view = copy.copy(self)
+        for name, t in vars(self).items():
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] == self.batch_size:
+                setattr(view, name, t[:, b : b + 1])  # [L, B, ...] per-layer tensors
+        view.seqlens = self.seqlens[b : b + 1]
+        view.lengths = [self.lengths[b]]
+        return view
 
     def rebase_gates(self) -> None:
         """Shift the running sums so the newest is 0 (exact; keeps fp32 fine over long contexts)."""

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gatedgen.engine import Decoder
 from gatedgen.errors import GatedgenError
 from gatedgen.model import CausalLM
-from gatedgen.sampling import Sampler, SamplingParams
+from gatedgen.sampling import SamplingParams
 from gatedgen.stops import StopMatcher
 from gatedgen.tokenizer import Tokenizer
 
@@ -76,6 +77,7 @@ class Session:
         self.cache = model.new_cache(1, max_context)
         self.tokens: list[int] = []  # exactly the tokens whose keys/values are in the cache
         self.device = model.output_weight.device
+        self.decoder = Decoder(model, self.cache)  # decode steps: CUDA-graph replays on CUDA
         self.eos_ids = set(tokenizer.eos_token_ids) | set(model.cfg.eos_token_id)
 
     def reset(self) -> None:
@@ -122,17 +124,19 @@ class Session:
             raise GatedgenError(f"prompt has {len(ids)} tokens; the context holds {self.max_context}")
         settings.sampling.validate()
         stats = Stats()
+        sampler = self.decoder.sampler(settings.sampling)  # reset; the decode steps sample with it
+        self.decoder.capture(settings.sampling)  # once per setting, before any timing
         start = time.perf_counter()
         new = self.set_context(ids)
-        sampler = Sampler(settings.sampling, self.model.cfg.vocab_size, 1, self.device)
         sampler.prime([ids])
         logits = self._feed(new)
+        next_ids = sampler(logits)  # [1] on the device
         stats.prompt_tokens = len(new)
         stream = self.tokenizer.stream()
         stops = StopMatcher(settings.stop)
         decode_start = start
         while True:
-            token = int(sampler(logits)[0])  # the one host synchronisation per step
+            token = int(next_ids[0])  # the one host synchronisation per step
             now = time.perf_counter()
             if stats.generated_tokens == 0:
                 stats.ttft_seconds = stats.prefill_seconds = now - start
@@ -151,7 +155,15 @@ class Session:
                 yield Response(text + _drain(stream, stops), token, "length", stats)
                 return
             yield Response(text, token, None, stats)
-            logits = self._feed([token])
+            next_ids = self._decode(next_ids, token, settings)
+
+    def _decode(self, ids: torch.Tensor, token: int, settings: GenerationSettings) -> torch.Tensor:
+        """Append the sampled token (``ids`` on the device, ``token`` its host copy); next ids [1]."""
+        next_ids = self.decoder.step(ids, settings.sampling)
+        self.tokens.append(token)
+        if self.cache.lengths[0] % REBASE_EVERY == 0:
+            self.cache.rebase_gates()
+        return next_ids
 
 
 def _drain(stream, stops: StopMatcher) -> str:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
 from gatedgen.attention import AttentionBackend, Step, get_backend
 from gatedgen.cache import KVCache
 from gatedgen.config import ModelConfig
@@ -37,10 +38,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """Without residual: the normed x. With one: (norm(x + residual), x + residual), one fused pass."""
+        y, h = kernels.rms_norm(x, self.weight, self.eps, residual)  # Triton on CUDA (kernels/norm)
+        return y if residual is None else (y, h)
 
 
 class HeadRMSNorm(nn.Module):
@@ -148,9 +149,9 @@ class Attention(nn.Module):
             positions = step.positions if step is not None else torch.arange(T, device=x.device)[None]
             cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        g = F.logsigmoid(self.f_proj(x).float()) if cfg.use_forget_gate else None  # [B, T, HQ] fp32
+        f = self.f_proj(x) if cfg.use_forget_gate else None  # [B, T, HQ] logits; g = logsigmoid(f) fp32
         layer_cache = cache.layer(layer) if cache is not None else None
-        o = self.backend.attend(q, k, v, g, layer_cache, step)  # [B, T, HQ, D]
+        o = self.backend.attend(q, k, v, None, layer_cache, step, f=f)  # [B, T, HQ, D]
         if cfg.use_output_norm:
             o = self.o_norm(o)
         o = o.reshape(B, T, cfg.q_dim)
@@ -168,7 +169,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))  # silu(gate) * up
 
 
 class Block(nn.Module):
@@ -179,9 +180,16 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int, step: Step | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, layer, step)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cache: KVCache | None, layer: int,
+                step: Step | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h = residual + x; h += Attn(norm(h)); returns (MLP(norm(h)), h): the caller adds the MLP
+        output into the next norm (residual adds fused into the RMSNorm kernel)."""
+        if residual is None:
+            h, residual = self.attn_norm(x), x
+        else:
+            h, residual = self.attn_norm(x, residual)
+        h, residual = self.mlp_norm(self.attn(h, cache, layer, step), residual)
+        return self.mlp(h), residual
 
 
 class Backbone(nn.Module):
@@ -218,13 +226,14 @@ class CausalLM(nn.Module):
         T = input_ids.shape[1]
         step = cache.begin(T, mode) if cache is not None else None
         x = self.model.embeddings(input_ids)  # [B, T, C]
+        residual = None
         for i, block in enumerate(self.model.layers):
-            x = block(x, cache, i, step)
+            x, residual = block(x, residual, cache, i, step)
         if cache is not None:
             cache.commit(step, T)
         if last_only:
-            x = x[:, -1:]
-        x = self.model.norm(x)
+            x, residual = x[:, -1:], residual[:, -1:]
+        x, _ = self.model.norm(x, residual)
         return F.linear(x, self.output_weight).float()
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:

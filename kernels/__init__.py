@@ -8,14 +8,21 @@ Public entry points (same signatures as ``kernels.attn.naive``):
     decode_attn(q, k_cache, v_cache, gc_cache=None, cache_seqlens=None, scale=None)
     update_cache(k_cache, v_cache, gc_cache, k, v, g, cache_seqlens)
     rebase_gate_cache(gc_cache, cache_seqlens)
+Fused model ops (kernels/norm, kernels/glu, kernels/gate; references in each ``naive.py``):
+    rms_norm(x, weight, eps, residual=None) -> (y, x + residual)
+    swiglu(gate, up)
+    append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)   f: forget-gate logits
 """
 
 from __future__ import annotations
 
 from kernels.dispatch import (
+    append_kv,
     decode_attn,
     parallel_attn,
     rebase_gate_cache,
+    rms_norm,
+    swiglu,
     triton_available,
     update_cache,
 )
@@ -24,9 +31,12 @@ GATEDGEN_KERNELS = True
 
 __all__ = [
     "GATEDGEN_KERNELS",
+    "append_kv",
     "decode_attn",
     "parallel_attn",
     "rebase_gate_cache",
+    "rms_norm",
+    "swiglu",
     "triton_available",
     "update_cache",
 ]

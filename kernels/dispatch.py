@@ -51,3 +51,25 @@ def update_cache(k_cache, v_cache, gc_cache, k, v, g, cache_seqlens):
 def rebase_gate_cache(gc_cache, cache_seqlens):
     fn = _impl("decoding", "rebase_gate_cache", gc_cache)
     return fn(gc_cache, cache_seqlens)
+
+
+# --- fused elementwise ops of the model (kernels/<op>/{naive.py, <module>.py}) -------------------------
+
+
+def _fused_impl(op: str, module: str, name: str, tensor: torch.Tensor):
+    """Triton ``kernels.<op>.<module>.<name>`` for CUDA tensors, ``kernels.<op>.naive.<name>`` otherwise."""
+    if tensor.is_cuda and triton_available():
+        return getattr(importlib.import_module(f"kernels.{op}.{module}"), name)
+    return getattr(importlib.import_module(f"kernels.{op}.naive"), name)
+
+
+def rms_norm(x, weight, eps, residual=None):
+    return _fused_impl("norm", "rmsnorm", "rms_norm", x)(x, weight, eps, residual)
+
+
+def swiglu(gate, up):
+    return _fused_impl("glu", "swiglu", "swiglu", gate)(gate, up)
+
+
+def append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens):
+    return _fused_impl("gate", "gate", "append_kv", k_cache)(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)

@@ -1,0 +1,140 @@
+"""Batched generation: several prompts of different lengths in one cache, decoded together.
+
+    results = generate_batch(model, tokenizer, ["Once upon", "The capital of France is"], settings)
+    results[0].text, results[0].finish_reason, results[0].tokens
+
+Each prompt is prefilled into its own row of one preallocated cache (``KVCache.row``: a batch-1
+view, so a prompt's prefill is exactly the pass it would get alone, chunked like a Session's), then
+all rows decode together: one ragged decode step per token (each row at its own length; the decode
+kernel reads lengths on the device), captured as a CUDA graph on CUDA (``gatedgen.engine``). The
+batch runs in the smallest graph bucket that holds it; spare rows decode a dummy token and are
+dropped. Rows that finish keep stepping (their tokens are ignored) until every row is done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from gatedgen.engine import Decoder, batch_bucket
+from gatedgen.errors import GatedgenError
+from gatedgen.generate import PREFILL_CHUNK, REBASE_EVERY, GenerationSettings
+from gatedgen.model import CausalLM
+from gatedgen.stops import StopMatcher
+
+
+@dataclass
+class BatchResult:
+    text: str  # the continuation (stop strings removed)
+    tokens: list[int]  # every sampled token, the stopping one included
+    finish_reason: str  # "stop" or "length"
+
+
+@dataclass
+class BatchStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0  # sampled tokens of all rows (finished rows' extra steps not counted)
+    prefill_seconds: float = 0.0  # all prompts, to the first token of every row
+    decode_seconds: float = 0.0
+    steps: int = 0  # decode steps after the first tokens
+    extra: dict = field(default_factory=dict)
+
+
+class _Row:
+    def __init__(self, tokenizer, settings: GenerationSettings):
+        self.stream = tokenizer.stream()
+        self.stops = StopMatcher(settings.stop)
+        self.text: list[str] = []
+        self.tokens: list[int] = []
+        self.done: str | None = None
+
+    def push(self, token: int, eos_ids: set[int], settings: GenerationSettings) -> None:
+        self.tokens.append(token)
+        if (token in eos_ids and not settings.ignore_eos) or token in settings.stop_token_ids:
+            self._finish("stop")
+            return
+        text, hit = self.stops.push(self.stream.push(token))
+        self.text.append(text)
+        if hit:
+            self.done = "stop"
+        elif len(self.tokens) >= settings.max_tokens:
+            self._finish("length")
+
+    def _finish(self, reason: str) -> None:
+        tail, hit = self.stops.push(self.stream.flush())
+        self.text.append(tail if hit else tail + self.stops.flush())
+        self.done = reason
+
+
+@torch.inference_mode()
+def prefill_rows(model: CausalLM, cache, prompts: list[list[int]]) -> torch.Tensor:
+    """Prefill prompt b into row b of ``cache`` (chunked); logits after each prompt's last token, [N, V]."""
+    out = []
+    for b, ids in enumerate(prompts):
+        row = cache.row(b)
+        logits = None
+        for i in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[i : i + PREFILL_CHUNK]
+            x = torch.tensor([chunk], dtype=torch.long, device=cache.seqlens.device)
+            logits = model(x, row, mode="prefill", last_only=True)[:, -1]
+        cache.lengths[b] = row.lengths[0]
+        out.append(logits)
+    return torch.cat(out, dim=0)
+
+
+def generate_batch(
+    model: CausalLM,
+    tokenizer,
+    prompts: list[str] | list[list[int]],
+    settings: GenerationSettings,
+    *,
+    use_graphs: bool | None = None,
+    stats: BatchStats | None = None,
+) -> list[BatchResult]:
+    """Generate a continuation of every prompt (text, or token ids); results in the prompts' order."""
+    if not prompts:
+        return []
+    settings.sampling.validate()
+    ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    if any(not x for x in ids):
+        raise GatedgenError("empty prompt: nothing to continue")
+    n = len(ids)
+    B = batch_bucket(n) if use_graphs is not False else n
+    device = model.output_weight.device
+    cache = model.new_cache(B, max(len(x) for x in ids) + settings.max_tokens + 1)
+    decoder = Decoder(model, cache, use_graphs)
+    params = settings.sampling
+    sampler = decoder.sampler(params)
+    decoder.capture(params)  # start-up: outside the timed part
+    sampler.prime(ids + [[] for _ in range(B - n)])
+    eos_ids = set(getattr(tokenizer, "eos_token_ids", [])) | set(model.cfg.eos_token_id)
+    rows = [_Row(tokenizer, settings) for _ in range(n)]
+    stats = stats if stats is not None else BatchStats()
+    stats.prompt_tokens = sum(len(x) for x in ids)
+
+    start = time.perf_counter()
+    logits = prefill_rows(model, cache, ids)  # [n, V]
+    if B > n:  # spare rows of the bucket start empty and decode token 0 (ignored)
+        pad = torch.zeros(B - n, logits.shape[1], dtype=logits.dtype, device=device)
+        logits = torch.cat([logits, pad], dim=0)
+    next_ids = sampler(logits)
+    tokens = next_ids.tolist()  # host synchronisation: hand the tokens over
+    stats.prefill_seconds = time.perf_counter() - start
+    decode_start = time.perf_counter()
+    while True:
+        for b, row in enumerate(rows):
+            if row.done is None:
+                row.push(tokens[b], eos_ids, settings)
+                stats.generated_tokens += 1
+        if all(r.done for r in rows) or max(cache.lengths) + 1 >= cache.max_len:
+            break
+        next_ids = decoder.step(next_ids, params)
+        stats.steps += 1
+        if max(cache.lengths) % REBASE_EVERY == 0:
+            cache.rebase_gates()
+        tokens = next_ids.tolist()
+    stats.decode_seconds = time.perf_counter() - decode_start
+    return [BatchResult("".join(r.text), r.tokens, r.done or "length") for r in rows]
+

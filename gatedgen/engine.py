@@ -1,0 +1,160 @@
+"""CUDA-graph decoding: one captured graph per (batch-size bucket, sampling settings) replays a whole
+decode step -- every layer's kernels and the sampler -- with one launch.
+
+    decoder = GraphDecoder(model, cache, sampler)     # warm-up + capture (start-up, outside timing)
+    next_ids = decoder.step(ids)                      # ids [B] int64 on the device -> next ids [B]
+
+What makes the step capturable:
+* the model's decode pass allocates nothing that depends on lengths and never reads a length on
+  the host: ``cache.begin(1, "decode")`` computes positions and the new lengths from the device
+  tensor ``cache.seqlens`` (replayed, they follow it as it grows) and ``commit`` advances
+  ``cache.seqlens`` in place (a captured copy); the decode kernels cut their KV slices from the
+  lengths on the device;
+* the sampler has no host synchronisation and its random generator is registered with the graph;
+* the host mirror ``cache.lengths`` is advanced here, outside the graph, after each replay (and the
+  capture's own update of it is undone), as are the capacity checks that ``begin`` did on the host.
+
+Warm-up runs (Triton compilation, cuBLAS handles) and capture touch the cache past the current
+lengths only (those entries are dead until overwritten) and are undone on the host and device
+lengths, the sampler's ``seen`` mask and its generator state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gatedgen.cache import KVCache
+from gatedgen.errors import GatedgenError
+from gatedgen.model import CausalLM
+from gatedgen.sampling import Sampler, SamplingParams
+
+# Batch sizes that get their own graph; a batch runs in the smallest bucket that holds it.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def graphs_enabled(device: torch.device) -> bool:
+    """CUDA graphs on CUDA devices unless GATEDGEN_NO_GRAPH=1 (or ``--no-graph``) turns them off."""
+    return device.type == "cuda" and os.environ.get("GATEDGEN_NO_GRAPH", "0") != "1"
+
+
+def batch_bucket(n: int) -> int:
+    for b in BATCH_BUCKETS:
+        if b >= n:
+            return b
+    return n
+
+
+def _params_key(p: SamplingParams) -> tuple:
+    return (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty)
+
+
+class GraphDecoder:
+    """A decode step of ``model`` on ``cache`` followed by ``sampler``, captured as one CUDA graph.
+
+    Static buffers: ``ids`` [B, 1] int64 (the tokens fed) and ``next_ids`` [B] int64 (the tokens
+    sampled). Replays append one token per sequence to ``cache`` (ragged lengths are fine).
+    """
+
+    def __init__(self, model: CausalLM, cache: KVCache, sampler: Sampler, warmup: int = 2):
+        device = cache.seqlens.device
+        if device.type != "cuda":
+            raise GatedgenError("CUDA graphs need a CUDA device")
+        if sampler.batch_size != cache.batch_size:
+            raise GatedgenError(f"sampler batch {sampler.batch_size} != cache batch {cache.batch_size}")
+        self.model, self.cache, self.sampler = model, cache, sampler
+        B = cache.batch_size
+        self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.next_ids = torch.zeros(B, dtype=torch.long, device=device)
+        self.graph = torch.cuda.CUDAGraph()
+        self._capture(warmup)
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        logits = self.model(self.ids, self.cache, mode="decode")[:, -1]  # [B, V] fp32
+        self.next_ids.copy_(self.sampler(logits))
+
+    def _capture(self, warmup: int) -> None:
+        cache, sampler = self.cache, self.sampler
+        if max(cache.lengths) + 1 > cache.max_len:
+            raise GatedgenError("context full: no room to capture a decode step")
+        lengths, seqlens = list(cache.lengths), cache.seqlens.clone()
+        seen, rng = sampler.seen.clone(), sampler.generator.get_state()
+
+        def undo() -> None:
+            cache.lengths = list(lengths)
+            cache.seqlens.copy_(seqlens)
+            sampler.seen.copy_(seen)
+
+        stream = torch.cuda.Stream(device=self.ids.device)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                self._step()
+                undo()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph.register_generator_state(sampler.generator)
+        with torch.cuda.graph(self.graph, stream=stream):
+            self._step()
+        undo()
+        sampler.generator.set_state(rng)
+        torch.cuda.current_stream().synchronize()
+
+    def step(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``ids`` ([B] or [B, 1] on the device; None: the last sampled tokens) and return the
+        next tokens [B] (the static buffer: copy it before the next step if you keep it)."""
+        cache = self.cache
+        if max(cache.lengths) + 1 > cache.max_len:
+            raise GatedgenError(f"context full: {max(cache.lengths)} cached + 1 new token > {cache.max_len}")
+        if ids is None:
+            self.ids.copy_(self.next_ids[:, None])
+        elif ids is not self.next_ids:
+            self.ids.copy_(ids.view(-1, 1))
+        else:
+            self.ids.copy_(self.next_ids[:, None])
+        self.graph.replay()
+        cache.lengths = [n + 1 for n in cache.lengths]
+        return self.next_ids
+
+
+class Decoder:
+    """Decode steps for one cache: graph replays on CUDA (one graph per sampling setting, kept), the
+    eager model + sampler elsewhere or when graphs are off. ``sampler(params)`` gives the sampler the
+    steps use (reset it and prime it per generation; sample the first token with it)."""
+
+    def __init__(self, model: CausalLM, cache: KVCache, use_graphs: bool | None = None):
+        self.model, self.cache = model, cache
+        device = cache.seqlens.device
+        self.use_graphs = graphs_enabled(device) if use_graphs is None else (use_graphs and device.type == "cuda")
+        self._samplers: dict[tuple, Sampler] = {}
+        self._graphs: dict[tuple, GraphDecoder] = {}
+
+    def sampler(self, params: SamplingParams) -> Sampler:
+        key = _params_key(params)
+        s = self._samplers.get(key)
+        if s is None:
+            s = Sampler(params, self.model.cfg.vocab_size, self.cache.batch_size, self.cache.seqlens.device)
+            self._samplers[key] = s
+        s.params = params
+        s.reset()
+        if params.seed is not None:
+            s.generator.manual_seed(params.seed)
+        return s
+
+    def capture(self, params: SamplingParams) -> None:
+        """Capture the graph for these settings now (start-up), if graphs are on."""
+        key = _params_key(params)
+        if self.use_graphs and key not in self._graphs:
+            sampler = self._samplers.get(key) or self.sampler(params)
+            self._graphs[key] = GraphDecoder(self.model, self.cache, sampler)
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """Feed ids [B] (device) and return the next ids [B] (device; valid until the next step)."""
+        key = _params_key(params)
+        if self.use_graphs:
+            self.capture(params)
+            return self._graphs[key].step(ids)
+        logits = self.model(ids.view(-1, 1), self.cache, mode="decode")[:, -1]
+        return self._samplers[key](logits)

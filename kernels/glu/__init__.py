@@ -1,0 +1,1 @@
+"""Gated linear units: SwiGLU silu(gate) * up: ``naive.py`` (reference) and ``swiglu.py`` (Triton)."""
