@@ -105,22 +105,41 @@ def cli() -> None:
 @cli.command()
 @click.option("--prompt", "-p", default=None, help="Prompt text; '-' reads stdin. Piped stdin comes first.")
 @click.option("--echo", is_flag=True, help="Print the prompt before the continuation.")
+@click.option("--jsonl", is_flag=True,
+              help='Read one JSON request per stdin line ({"prompt": ..., sampling fields}); '
+                   "write one JSON result per line, in order. See gatedgen/jsonl.py.")
+@click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
+              help="A prompt longer than the context: error (none) or keep its last tokens (left).")
+@click.option("--check", is_flag=True, help="Check the weights for NaN/Inf while loading.")
 @_sampling_options
 @_guarded
-def complete(prompt, echo, model, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
-             stop, ignore_eos, device, dtype, max_context, stats, debug):
+def complete(prompt, echo, jsonl, truncate, check, model, max_tokens, temperature, top_k, top_p, min_p,
+             repetition_penalty, seed, stop, ignore_eos, device, dtype, max_context, stats, debug):
     """Continue a prompt; only the continuation goes to stdout."""
     from gatedgen import runtime, ui
 
     settings = _settings(max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop, ignore_eos)
+    if jsonl:
+        if prompt is not None or echo:
+            raise GatedgenError("--jsonl reads its prompts from stdin; drop --prompt/--echo")
+        with ui.status("Loading model..."):
+            loaded = runtime.open_session(model, device, dtype, max_context, check=check)
+        from gatedgen import jsonl as jsonl_mode
+
+        failed = jsonl_mode.run(loaded.session, runtime.stdin_lines(), settings, truncate, ui.write)
+        if failed:
+            raise GatedgenError(f"{failed} request line(s) failed (see their \"error\" fields)")
+        return
     text = runtime.prompt_from_inputs(prompt)
     with ui.status("Loading model..."):
-        loaded = runtime.open_session(model, device, dtype, max_context)
+        loaded = runtime.open_session(model, device, dtype, max_context, check=check)
     session = loaded.session
+    ids = runtime.fit_prompt(session.tokenizer.encode(text), session.max_context, max_tokens, truncate,
+                             session.tokenizer.bos_token_id)
     if echo:
         ui.write(text)
     last = None
-    for response in session.generate(session.tokenizer.encode(text), settings):
+    for response in session.generate(ids, settings):
         ui.write(response.text)
         last = response
     if sys.stdout.isatty():
@@ -131,9 +150,10 @@ def complete(prompt, echo, model, max_tokens, temperature, top_k, top_p, min_p, 
 
 @cli.command()
 @click.option("--system", "-s", "system_prompt", default=None, help="System prompt.")
+@click.option("--check", is_flag=True, help="Check the weights for NaN/Inf while loading.")
 @_sampling_options
 @_guarded
-def chat(system_prompt, model, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
+def chat(system_prompt, check, model, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
          stop, ignore_eos, device, dtype, max_context, stats, debug):
     """Talk with the model. Piped stdin: answer it once and exit."""
     from gatedgen import repl, runtime, ui
@@ -142,12 +162,43 @@ def chat(system_prompt, model, max_tokens, temperature, top_k, top_p, min_p, rep
     piped = runtime.stdin_is_piped()
     question = runtime.prompt_from_inputs(None) if piped else None
     with ui.status("Loading model..."):
-        loaded = runtime.open_session(model, device, dtype, max_context)
+        loaded = runtime.open_session(model, device, dtype, max_context, check=check)
     conversation = repl.Conversation(loaded.session, settings, system_prompt)
     if question is not None:
         repl.answer_once(conversation, question, show_stats=stats)
     else:
-        repl.run(conversation, show_stats=stats)
+        repl.run(conversation, show_stats=stats, history=ui.history_path())
+
+
+@cli.command()
+@click.argument("gguf_file", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="dtype of the dequantized weights.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_guarded
+def convert(gguf_file, out_dir, dtype, debug):
+    """Convert a llama.cpp GGUF file into a model directory (needs: pip install 'gatedgen[gguf]')."""
+    from gatedgen import ui
+    from gatedgen.convert_gguf import convert as convert_gguf
+
+    with ui.status("Converting..."):
+        out = convert_gguf(gguf_file, out_dir, dtype)
+    ui.info(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="DIR", help="Model directory (default: weights/).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_guarded
+def info(model, debug):
+    """Describe a model directory: architecture, size, context, tokenizer, chat template."""
+    from gatedgen import runtime, ui
+    from gatedgen.info import describe
+
+    rows = describe(runtime.resolve_model_dir(model))
+    width = max(len(label) for label, _ in rows)
+    ui.write("".join(f"{label + ':':<{width + 2}}{value}\n" for label, value in rows))
 
 
 def main() -> None:

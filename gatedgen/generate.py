@@ -85,8 +85,16 @@ class Session:
         self.tokens = []
 
     def _sync_tokens(self) -> None:
-        """After an interruption, keep the token list equal to what the cache holds."""
-        self.tokens = self.tokens[: self.cache.lengths[0]]
+        """After an interruption, keep the token list equal to what the cache holds.
+
+        Ctrl-C can land between the model's cache commit and ``tokens.extend`` (cache longer than
+        the list) or inside a pass (list and cache agree; the half-written positions are beyond
+        ``lengths`` and get overwritten): keep the shorter of the two.
+        """
+        n = min(len(self.tokens), self.cache.lengths[0])
+        self.tokens = self.tokens[:n]
+        if self.cache.lengths[0] > n:
+            self.cache.truncate(n)
 
     def set_context(self, ids: list[int]) -> list[int]:
         """Reuse the cached prefix shared with ``ids``; return the tokens still to prefill."""

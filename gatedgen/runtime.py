@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from gatedgen.errors import GatedgenError
 from gatedgen.generate import Session
 from gatedgen.loading import load_model
-from gatedgen.tokenizer import Tokenizer
+from gatedgen.json_tokenizer import load_tokenizer
 
 # The shipped default model lives next to the package in a source checkout.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -47,7 +48,7 @@ def open_session(model: str | None, device: str, dtype: str, max_context: int | 
                  check: bool = False) -> Loaded:
     model_dir = resolve_model_dir(model)
     dev = resolve_device(device)
-    tokenizer = Tokenizer.from_dir(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     lm = load_model(model_dir, dtype=dtype, device=dev, check=check)
     if lm.cfg.vocab_size < tokenizer.vocab_size:
         raise GatedgenError(
@@ -95,3 +96,39 @@ def prompt_from_inputs(prompt: str | None) -> str:
     if not text.strip():
         raise GatedgenError("empty prompt: give --prompt TEXT or pipe text on stdin")
     return text
+
+
+def fit_prompt(ids: list[int], max_context: int, max_tokens: int, truncate: str = "none",
+               bos_token_id: int | None = None) -> list[int]:
+    """The prompt ids that will be fed: unchanged when they fit the context; with ``truncate="left"``
+    a too-long prompt keeps its last tokens (and a leading BOS) so that ``max_tokens`` (at most half
+    the context) can still be generated; otherwise a too-long prompt is an error."""
+    if truncate == "left":
+        keep = max_context - max(1, min(max_tokens, max_context // 2))
+        if len(ids) > keep:
+            head = ids[:1] if bos_token_id is not None and ids and ids[0] == bos_token_id else []
+            kept = head + ids[len(ids) - (keep - len(head)):]
+            from gatedgen import ui
+
+            ui.warn(f"prompt truncated: kept the last {len(kept)} of {len(ids)} tokens")
+            return kept
+        return ids
+    if truncate != "none":
+        raise GatedgenError(f"unknown truncation {truncate!r} (none, left)")
+    if len(ids) >= max_context:
+        raise GatedgenError(f"prompt has {len(ids)} tokens; the context holds {max_context} "
+                            "(--truncate left keeps the last tokens)")
+    return ids
+
+
+def stdin_lines() -> Iterator[str]:
+    """Lines of stdin as they arrive (undecodable bytes replaced, with one warning)."""
+    from gatedgen import ui
+
+    warned = False
+    for raw in sys.stdin.buffer:
+        text = raw.decode("utf-8", errors="replace")
+        if not warned and text.count("\ufffd") > raw.count("\ufffd".encode()):
+            ui.warn("stdin held bytes that are not UTF-8; they were replaced by U+FFFD")
+            warned = True
+        yield text

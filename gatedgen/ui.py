@@ -6,8 +6,10 @@ Colors and spinners appear only when stderr is a terminal; stdout carries nothin
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from rich.console import Console
 
@@ -59,8 +61,56 @@ def print_stats(stats: Stats) -> None:
         info(line)
 
 
+HISTORY_LENGTH = 1000
+
+
+def history_path() -> Path:
+    """$XDG_STATE_HOME/gatedgen/history, by default ~/.local/state/gatedgen/history."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "gatedgen" / "history"
+
+
+class LineEditor:
+    """REPL input with line editing and a persistent history file (readline, where available).
+
+    The prompt goes to stdout only when stdout is a terminal (else to stderr, so that stdout keeps
+    nothing but generated text). A history file that cannot be read or written costs a warning,
+    never the session.
+    """
+
+    def __init__(self, history: Path | None = None) -> None:
+        self.history = history
+        self._readline = None
+        if history is not None and sys.stdin.isatty():
+            with contextlib.suppress(ImportError):
+                import readline
+
+                self._readline = readline
+                readline.set_history_length(HISTORY_LENGTH)
+                if history.exists():
+                    try:
+                        readline.read_history_file(str(history))
+                    except OSError as e:
+                        warn(f"cannot read the history file {history}: {e.strerror or e}")
+
+    def read(self, prompt: str) -> str:
+        """One line; raises EOFError on Ctrl-D and KeyboardInterrupt on Ctrl-C."""
+        if sys.stdout.isatty():
+            return input(prompt)
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        return input()
+
+    def save(self) -> None:
+        if self._readline is None or self.history is None:
+            return
+        try:
+            self.history.parent.mkdir(parents=True, exist_ok=True)
+            self._readline.write_history_file(str(self.history))
+        except OSError as e:
+            warn(f"cannot write the history file {self.history}: {e.strerror or e}")
+
+
 def read_line(prompt: str) -> str:
-    """One line of REPL input (line editing through readline where available)."""
-    with contextlib.suppress(ImportError):
-        import readline  # noqa: F401  (enables editing and in-session history for input())
-    return input(prompt)
+    """One line of input without a history file."""
+    return LineEditor().read(prompt)
