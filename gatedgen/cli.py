@@ -170,6 +170,37 @@ def chat(system_prompt, check, model, max_tokens, temperature, top_k, top_p, min
         repl.run(conversation, show_stats=stats, history=ui.history_path())
 
 
+@cli.command()
+@click.argument("gguf_file", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="dtype of the dequantized weights.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_guarded
+def convert(gguf_file, out_dir, dtype, debug):
+    """Convert a llama.cpp GGUF file into a model directory (needs: pip install 'gatedgen[gguf]')."""
+    from gatedgen import ui
+    from gatedgen.convert_gguf import convert as convert_gguf
+
+    with ui.status("Converting..."):
+        out = convert_gguf(gguf_file, out_dir, dtype)
+    ui.info(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--model", "-m", "model", metavar="DIR", help="Model directory (default: weights/).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_guarded
+def info(model, debug):
+    """Describe a model directory: architecture, size, context, tokenizer, chat template."""
+    from gatedgen import runtime, ui
+    from gatedgen.info import describe
+
+    rows = describe(runtime.resolve_model_dir(model))
+    width = max(len(label) for label, _ in rows)
+    ui.write("".join(f"{label + ':':<{width + 2}}{value}\n" for label, value in rows))
+
+
 def main() -> None:
     cli(prog_name="gatedgen")
 
