@@ -40,6 +40,8 @@ def _sampling_options(f):
                      help="Context length to allocate (default: the model's, or 4096)."),
         click.option("--stats", is_flag=True, help="Print token counts and speeds on stderr."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
+        click.option("--no-graph", is_flag=True, expose_value=False, callback=lambda c, p, v: _no_graph(c, p, v),
+                     help="Decode without CUDA graphs (debugging; also GATEDGEN_NO_GRAPH=1)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -199,6 +201,42 @@ def info(model, debug):
     rows = describe(runtime.resolve_model_dir(model))
     width = max(len(label) for label, _ in rows)
     ui.write("".join(f"{label + ':':<{width + 2}}{value}\n" for label, value in rows))
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks (measurements, printed as a table)."""
+
+
+@bench.command("generate")
+@click.option("--config", "configs", multiple=True, default=["135m", "135m-nogate"], show_default=True,
+              help="Preset (135m = gated FoX, 135m-nogate, 135m-llama, tiny); repeatable.")
+@click.option("--model", "-m", "model_dir", metavar="DIR", default=None, help="Load this model instead.")
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=[1, 32], show_default=True)
+@click.option("--prompt-len", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--new-tokens", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--prefill-len", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--no-peers", is_flag=True, help="Skip HF transformers / fla.")
+@click.option("--no-graph", is_flag=True, help="Decode eagerly (no CUDA graphs).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_guarded
+def bench_generate(configs, model_dir, batches, prompt_len, new_tokens, prefill_len, dtype, repeats, no_peers,
+                   no_graph, debug):
+    """Prefill / decode tok/s, time to first token and bandwidth, beside HF transformers and fla."""
+    from gatedgen.bench import generate as bench_gen
+
+    rows = bench_gen.run(list(configs), list(batches), prompt_len, new_tokens, prefill_len, dtype=dtype,
+                         repeats=repeats, peers=not no_peers, use_graphs=False if no_graph else None,
+                         model_dir=model_dir, log=lambda row: click.echo(row, err=True))
+    click.echo(bench_gen.format_table(rows))
+
+
+def _no_graph(ctx, param, value):
+    if value:
+        os.environ["GATEDGEN_NO_GRAPH"] = "1"
+    return value
 
 
 def main() -> None:

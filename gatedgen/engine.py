@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from gatedgen.cache import KVCache
 from gatedgen.errors import GatedgenError
@@ -44,6 +46,67 @@ def batch_bucket(n: int) -> int:
         if b >= n:
             return b
     return n
+
+
+class _FusedLinear(nn.Module):
+    """Several linear maps of the same input as one GEMM: ``parts(x)`` returns each one's output
+    (views of one [..., sum N] result, computed once per input tensor)."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.cat([lin.weight.detach() for lin in linears]), requires_grad=False)
+        if any(lin.bias is not None for lin in linears):
+            self.bias = nn.Parameter(torch.cat([
+                lin.bias.detach() if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                for lin in linears]), requires_grad=False)
+        else:
+            self.bias = None
+        self.sizes = [lin.out_features for lin in linears]
+        self._x: torch.Tensor | None = None
+        self._parts: tuple[torch.Tensor, ...] = ()
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x is not self._x:
+            self._parts = F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+            self._x = x
+        return self._parts
+
+
+class _FusedPart(nn.Module):
+    def __init__(self, fused: _FusedLinear, index: int):
+        super().__init__()
+        self.index = index
+        object.__setattr__(self, "fused", fused)  # owned by the parent module, not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.parts(x)[self.index]
+
+
+# Linear maps of one block that read the same input: fused into one GEMM each.
+_FUSE_GROUPS = {
+    "attn": ("q_proj", "k_proj", "v_proj", "f_proj", "g_proj", "k_shift_proj", "v_shift_proj"),
+    "mlp": ("gate_proj", "up_proj"),
+}
+
+
+def fuse_projections(model: CausalLM) -> CausalLM:
+    """Replace q/k/v/f(/g/shift) and gate/up projections of every block by one GEMM per group (in
+    place, weights moved not copied; idempotent). Same function: each output is a column block of
+    the fused product (outputs agree up to the GEMM's summation order)."""
+    if getattr(model, "_projections_fused", False):
+        return model
+    for block in model.model.layers:
+        for group, names in _FUSE_GROUPS.items():
+            owner = getattr(block, group)
+            present = [n for n in names if isinstance(getattr(owner, n, None), nn.Linear)]
+            if len(present) < 2:
+                continue
+            fused = _FusedLinear([getattr(owner, n) for n in present])
+            owner.fused_in = fused
+            for i, n in enumerate(present):
+                setattr(owner, n, _FusedPart(fused, i))
+    model._projections_fused = True
+    return model
 
 
 def _params_key(p: SamplingParams) -> tuple:
@@ -80,7 +143,8 @@ class GraphDecoder:
         if max(cache.lengths) + 1 > cache.max_len:
             raise GatedgenError("context full: no room to capture a decode step")
         lengths, seqlens = list(cache.lengths), cache.seqlens.clone()
-        seen, rng = sampler.seen.clone(), sampler.generator.get_state()
+        random = not sampler.params.greedy  # greedy never draws: leave the generator alone
+        seen, rng = sampler.seen.clone(), sampler.generator.get_state() if random else None
 
         def undo() -> None:
             cache.lengths = list(lengths)
@@ -94,11 +158,13 @@ class GraphDecoder:
                 self._step()
                 undo()
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph.register_generator_state(sampler.generator)
+        if random:
+            self.graph.register_generator_state(sampler.generator)
         with torch.cuda.graph(self.graph, stream=stream):
             self._step()
         undo()
-        sampler.generator.set_state(rng)
+        if random:
+            sampler.generator.set_state(rng)
         torch.cuda.current_stream().synchronize()
 
     def step(self, ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,6 +193,8 @@ class Decoder:
         self.model, self.cache = model, cache
         device = cache.seqlens.device
         self.use_graphs = graphs_enabled(device) if use_graphs is None else (use_graphs and device.type == "cuda")
+        if device.type == "cuda" and os.environ.get("GATEDGEN_NO_FUSE", "0") != "1":
+            fuse_projections(model)
         self._samplers: dict[tuple, Sampler] = {}
         self._graphs: dict[tuple, GraphDecoder] = {}
 
@@ -145,6 +213,8 @@ class Decoder:
     def capture(self, params: SamplingParams) -> None:
         """Capture the graph for these settings now (start-up), if graphs are on."""
         key = _params_key(params)
+        if max(self.cache.lengths) + 1 > self.cache.max_len:
+            return  # no room for a step now: captured at the first step that fits
         if self.use_graphs and key not in self._graphs:
             sampler = self._samplers.get(key) or self.sampler(params)
             self._graphs[key] = GraphDecoder(self.model, self.cache, sampler)
