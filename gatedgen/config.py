@@ -112,8 +112,9 @@ def validate_rope_scaling(scaling: Any) -> None:
 
 
 def read_int(d: dict[str, Any], key: str, default: Any = None, *, required: bool = False) -> Any:
-    """A config value that must be an int (or absent/None when not required)."""
-    value = d.get(key, default)
+    """A config value that must be an int (or absent/None when not required); null means absent."""
+    value = d.get(key)
+    value = default if value is None else value
     if value is None:
         if required:
             raise GatedgenError(f"config.json: missing required field {key!r}")
@@ -124,7 +125,8 @@ def read_int(d: dict[str, Any], key: str, default: Any = None, *, required: bool
 
 
 def read_float(d: dict[str, Any], key: str, default: Any = None) -> Any:
-    value = d.get(key, default)
+    value = d.get(key)
+    value = default if value is None else value
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
