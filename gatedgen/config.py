@@ -32,7 +32,7 @@ class ModelConfig:
     use_output_gate: bool = False  # o * act(g_proj(x)) before o_proj
     output_gate_act: str = "sigmoid"  # act of the output gate: "sigmoid" or "silu"
     use_output_norm: bool = False  # per-head RMSNorm o_norm of the attention output before the gate (FoX Pro)
-    use_k_shift: bool = False  # FoX Pro key shift: k_t = a_t k~_{t-1} + (1 - a_t) k~_t, a_t = sigmoid(w . x_t)
+    use_k_shift: bool = False  # FoX Pro: k_t = a_t k~_{t-1} + (1 - a_t) k~_t, a_t = sigmoid(w . x_t)
     use_v_shift: bool = False  # the same data-dependent shift for values
     norm_eps: float = 1e-6  # eps of the block and final RMSNorms
     tie_word_embeddings: bool = False  # lm_head shares the embedding matrix
@@ -67,7 +67,7 @@ class ModelConfig:
         if self.rope_theta is not None and not (self.rope_theta > 0):
             raise GatedgenError(f"config.json: rope_theta must be positive, got {self.rope_theta!r}")
         if self.output_gate_act not in ("sigmoid", "silu"):
-            raise GatedgenError(f"config.json: output gate activation {self.output_gate_act!r} (sigmoid, silu)")
+            raise GatedgenError(f"config.json: output gate act {self.output_gate_act!r} (sigmoid, silu)")
         if self.rope_scaling is not None:
             validate_rope_scaling(self.rope_scaling)
 

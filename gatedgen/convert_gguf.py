@@ -92,14 +92,16 @@ def _config(meta: dict[str, Any], arch: str, tied: bool) -> dict[str, Any]:
             raise GatedgenError(f"GGUF: missing metadata {arch}.{key}")
         return value
 
-    hidden, heads = int(get("embedding_length", required=True)), int(get("attention.head_count", required=True))
+    hidden = int(get("embedding_length", required=True))
+    heads = int(get("attention.head_count", required=True))
     head_dim = int(get("attention.key_length", hidden // heads))
     if get("rope.dimension_count", head_dim) != head_dim:
         raise GatedgenError("GGUF: partial RoPE (rope.dimension_count < head dim) is not supported")
     scaling_type = get("rope.scaling.type", "none")
     if scaling_type not in ("none", "linear"):
         raise GatedgenError(f"GGUF: rope scaling type {scaling_type!r} is not supported (linear only)")
-    eps = float(np.format_float_positional(np.float32(get("attention.layer_norm_rms_epsilon", 1e-5)), unique=True))
+    eps32 = np.float32(get("attention.layer_norm_rms_epsilon", 1e-5))
+    eps = float(np.format_float_positional(eps32, unique=True))  # 1e-05, not 9.99999974e-06
     tokens = meta.get("tokenizer.ggml.tokens") or []
     cfg: dict[str, Any] = {
         "model_type": arch,
@@ -138,7 +140,8 @@ def read_tensors(reader, cfg: dict[str, Any], arch: str, dtype: torch.dtype) -> 
                 raise GatedgenError("GGUF: llama3-style rope_freqs factors are not supported yet")
             raise GatedgenError(f"GGUF: unexpected tensor {t.name}")
         w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
-        w = w.reshape([int(n) for n in reversed(t.shape.tolist())]) if w.numel() == int(np.prod(t.shape)) else w
+        if w.numel() == int(np.prod(t.shape)):  # GGUF lists dims innermost first
+            w = w.reshape([int(n) for n in reversed(t.shape.tolist())])
         if arch == "llama" and ".self_attn.q_proj." in name:
             w = unpermute_rope_rows(w, cfg["num_attention_heads"])
         elif arch == "llama" and ".self_attn.k_proj." in name:

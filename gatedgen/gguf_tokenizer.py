@@ -64,7 +64,8 @@ def build_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     tok.pre_tokenizer = pre_tok
     tok.decoder = decoders.ByteLevel()
     special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL]
-    user = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, k in zip(tokens, types) if k == USER_DEFINED]
     tok.add_special_tokens(special)
     tok.add_tokens(user)
     bos = meta.get("tokenizer.ggml.bos_token_id")

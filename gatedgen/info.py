@@ -26,7 +26,8 @@ def _tensor_shapes(model_dir: Path) -> tuple[dict[str, list[int]], set[str]]:
                     shapes[name] = list(sl.get_shape())
                     dtypes.add(_ST_DTYPES.get(sl.get_dtype(), sl.get_dtype()))
         except Exception as e:  # corrupt header: report, do not crash
-            raise GatedgenError(f"{path.name}: cannot read safetensors header ({e.__class__.__name__})") from None
+            reason = e.__class__.__name__
+            raise GatedgenError(f"{path.name}: cannot read safetensors header ({reason})") from None
     return shapes, dtypes
 
 
@@ -53,8 +54,9 @@ def describe(model_dir: str | Path) -> list[tuple[str, str]]:
     shapes, dtypes = _tensor_shapes(model_dir)
     fmt = formats.format_for(cfg.model_type)
     # count what the model holds: the format's renames, a fused MLP split, a tied head dropped
-    n_params = sum(_numel(s) for name, s in shapes.items()
-                   if not (cfg.tie_word_embeddings and name == "lm_head.weight") and not name.endswith("inv_freq"))
+    tied_head = "lm_head.weight" if cfg.tie_word_embeddings else None
+    counted = [s for name, s in shapes.items() if name != tied_head and not name.endswith("inv_freq")]
+    n_params = sum(_numel(s) for s in counted)
     rows = [
         ("architecture", f"{cfg.model_type} ({fmt.__name__.rsplit('.', 1)[-1]} format)"),
         ("gated", "yes (forget gate)" if cfg.gated else "no (plain softmax attention)"),
@@ -96,7 +98,8 @@ def _positions(cfg) -> str:
     if cfg.rope_theta is None:
         return "none"
     kind = (cfg.rope_scaling or {}).get("rope_type", (cfg.rope_scaling or {}).get("type"))
-    return f"RoPE theta {cfg.rope_theta:g}" + (f", {kind} scaling x{cfg.rope_scaling['factor']:g}" if kind else "")
+    scaling = f", {kind} scaling x{cfg.rope_scaling['factor']:g}" if kind else ""
+    return f"RoPE theta {cfg.rope_theta:g}{scaling}"
 
 
 def _extras(cfg) -> str:

@@ -85,7 +85,8 @@ def unescape_prefix(s: str, final: bool) -> tuple[str, int]:
             low = s[i + 6 : i + 12]
             if len(low) < 6 and not final and _low_surrogate_prefix(low):
                 break
-            if len(low) == 6 and low[:2] == "\\u" and _is_hex(low[2:]) and 0xDC00 <= int(low[2:], 16) < 0xE000:
+            pair = len(low) == 6 and low[:2] == "\\u" and _is_hex(low[2:])
+            if pair and 0xDC00 <= int(low[2:], 16) < 0xE000:
                 out.append(chr(0x10000 + ((cp - 0xD800) << 10) + (int(low[2:], 16) - 0xDC00)))
                 i += 12
                 continue

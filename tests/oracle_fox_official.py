@@ -80,7 +80,8 @@ class OfficialFoxOracle:
             q = self.heads_rms(q, w[p + "attn.q_norm.weight"], QK_EPS)
             k = self.heads_rms(k, w[p + "attn.k_norm.weight"], QK_EPS)
         if c.get("fgate_type", "full") == "full":
-            logf = torch.nn.functional.logsigmoid(w[p + "attn.fgate_proj.weight"] @ h + w[p + "attn.fgate_proj.bias"])
+            fgate = w[p + "attn.fgate_proj.weight"] @ h + w[p + "attn.fgate_proj.bias"]
+            logf = torch.nn.functional.logsigmoid(fgate)
         else:
             logf = torch.zeros(self.H, dtype=torch.float64)
         return q, k, v, logf, (kt, vt)
@@ -165,7 +166,8 @@ class Decoder:
             self.values[layer].append(v)
             S = torch.stack(sums)
             decay = S[-1][None] - S  # sum over (j, t] = cum_t - cum_j
-            out = o.attend(o.rope(q, self.t), torch.stack(self.keys[layer]), torch.stack(self.values[layer]), decay)
+            keys, values = torch.stack(self.keys[layer]), torch.stack(self.values[layer])
+            out = o.attend(o.rope(q, self.t), keys, values, decay)
             x = x + o.finish_attn(p, h, out)
             x = x + o.mlp(p, x)
         self.t += 1

