@@ -271,6 +271,42 @@ def parallel_attn_bwd_kernel_preprocess(o, do, delta, N, K: tl.constexpr, BR: tl
     tl.store(delta + i_r * BR + o_r, tl.sum(b_o * b_do, 1), mask=m_r)
 
 
+@triton.jit
+def _dkdv_block(q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
+                o_k, qk_scale, HQ: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                USE_G: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """One query block [i_t, i_t + BT) of one query head against the program's key tile."""
+    o_t = tl.arange(0, BT)
+    o_d = tl.arange(0, BK)
+    o_q = i_t + o_t
+    m_q = o_q < TQ
+    m_qd = m_q[:, None] & (o_d < K)[None, :]
+    p_q = q + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    p_do = do + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_qd, other=0.0)
+    b_do = tl.load(p_do, mask=m_qd, other=0.0)
+    # rows beyond TQ get lse = +inf so that their probabilities are exactly 0
+    p_r = (bos_q + i_t) * HQ + i_hq + o_t * HQ
+    b_lse = tl.load(lse + p_r, mask=m_q, other=float("inf")) * LOG2E
+    b_delta = tl.load(delta + p_r, mask=m_q, other=0.0)
+    # [BS, BT] transposed scores s2_ji in base 2
+    b_sT = _dot(b_k, tl.trans(b_q), DOT_PREC) * qk_scale
+    if USE_G:
+        b_gq = tl.load(gc + (bos_k + offset + i_t) * HQ + i_hq + o_t * HQ, mask=m_q, other=0.0) * LOG2E
+        b_sT += b_gq[None, :] - b_gk[:, None]
+    if MASKED:  # diagonal blocks: key j > query i gets probability 0
+        b_sT = tl.where((offset + o_q)[None, :] >= o_k[:, None], b_sT, float("-inf"))
+    # P^T_ji = exp2(s2_ij - lse2_i): the forward's normalized probabilities, recomputed
+    b_pT = tl.math.exp2(b_sT - b_lse[None, :])
+    b_dv += _dot(b_pT.to(b_do.dtype), b_do, DOT_PREC)
+    b_dpT = _dot(b_v, tl.trans(b_do), DOT_PREC)
+    b_dsT = b_pT * (b_dpT - b_delta[None, :])
+    b_dk += _dot(b_dsT.to(b_q.dtype), b_q, DOT_PREC)
+    if USE_G:
+        b_dgk -= tl.sum(b_dsT, 1)
+    return b_dk, b_dv, b_dgk
+
+
 @triton.jit(do_not_specialize=["TQ", "TK"])
 def parallel_attn_bwd_kernel_dkdv(
     q,
@@ -342,36 +378,20 @@ def parallel_attn_bwd_kernel_dkdv(
 
     for i_g in range(G):
         i_hq = i_h * G + i_g
+        b_dgk = tl.zeros([BS], dtype=tl.float32)
+        b_gk = tl.zeros([BS], dtype=tl.float32)
         if USE_G:
             p_gk = gc + (bos_k + s0) * HQ + i_hq + o_s * HQ
             b_gk = tl.load(p_gk, mask=m_k, other=0.0).to(tl.float32) * LOG2E
-            b_dgk = tl.zeros([BS], dtype=tl.float32)
-        for i_t in range(i_lo, TQ, BT):
-            o_q = i_t + o_t
-            m_q = o_q < TQ
-            m_qd = m_q[:, None] & m_d[None, :]
-            p_q = q + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
-            p_do = do + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
-            b_q = tl.load(p_q, mask=m_qd, other=0.0)
-            b_do = tl.load(p_do, mask=m_qd, other=0.0)
-            # rows beyond TQ get lse = +inf so that their probabilities are exactly 0
-            p_r = (bos_q + i_t) * HQ + i_hq + o_t * HQ
-            b_lse = tl.load(lse + p_r, mask=m_q, other=float("inf")) * LOG2E
-            b_delta = tl.load(delta + p_r, mask=m_q, other=0.0)
-            # [BS, BT] transposed scores s2_ji in base 2
-            b_sT = _dot(b_k, tl.trans(b_q), DOT_PREC) * qk_scale
-            if USE_G:
-                b_gq = tl.load(gc + (bos_k + offset + i_t) * HQ + i_hq + o_t * HQ, mask=m_q, other=0.0) * LOG2E
-                b_sT += b_gq[None, :] - b_gk[:, None]
-            if i_t < i_unm:  # diagonal blocks: key j > query i gets probability 0
-                b_sT = tl.where((offset + o_q)[None, :] >= o_k[:, None], b_sT, float("-inf"))
-            b_pT = tl.math.exp2(b_sT - b_lse[None, :])
-            b_dv += _dot(b_pT.to(b_do.dtype), b_do, DOT_PREC)
-            b_dpT = _dot(b_v, tl.trans(b_do), DOT_PREC)
-            b_dsT = b_pT * (b_dpT - b_delta[None, :])
-            b_dk += _dot(b_dsT.to(b_q.dtype), b_q, DOT_PREC)
-            if USE_G:
-                b_dgk -= tl.sum(b_dsT, 1)
+        # diagonal query blocks (causal mask), then the blocks that see every key of the tile
+        for i_t in range(i_lo, i_unm, BT):
+            b_dk, b_dv, b_dgk = _dkdv_block(
+                q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
+                o_k, qk_scale, HQ, K, BT, BK, USE_G, DOT_PREC, True)
+        for i_t in range(i_unm, TQ, BT):
+            b_dk, b_dv, b_dgk = _dkdv_block(
+                q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
+                o_k, qk_scale, HQ, K, BT, BK, USE_G, DOT_PREC, False)
         if USE_G:
             tl.store(dgc_k + (bos_k + s0) * HQ + i_hq + o_s * HQ, b_dgk, mask=m_k)
 
@@ -379,6 +399,36 @@ def parallel_attn_bwd_kernel_dkdv(
     p_dv = dv + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
     tl.store(p_dk, (b_dk * scale).to(p_dk.dtype.element_ty), mask=m_kd)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_kd)
+
+
+@triton.jit
+def _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK, o_qpos, qk_scale,
+              H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr,
+              USE_G: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """One key block [i_s, i_s + BS) against the program's query tile."""
+    o_s = tl.arange(0, BS)
+    o_d = tl.arange(0, BK)
+    o_k = i_s + o_s
+    m_k = o_k < TK
+    m_kd = m_k[:, None] & (o_d < K)[None, :]
+    p_k = k + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    p_v = v + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    b_k = tl.load(p_k, mask=m_kd, other=0.0)
+    b_v = tl.load(p_v, mask=m_kd, other=0.0)
+    b_s = _dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
+    if USE_G:
+        b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ, mask=m_k, other=0.0).to(tl.float32) * LOG2E
+        b_s += b_gq[:, None] - b_gk[None, :]
+    if MASKED:  # diagonal blocks: key j > query i gets probability 0
+        b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
+    # P_ij = exp2(s2_ij - lse2_i): the forward's normalized probabilities
+    b_p = tl.math.exp2(b_s - b_lse[:, None])
+    b_dp = _dot(b_do, tl.trans(b_v), DOT_PREC)
+    b_ds = b_p * (b_dp - b_delta[:, None])
+    b_dq += _dot(b_ds.to(b_k.dtype), b_k, DOT_PREC)
+    if USE_G:
+        b_dgq += tl.sum(b_ds, 1)
+    return b_dq, b_dgq
 
 
 @triton.jit(do_not_specialize=["TQ", "TK", "NT"])
@@ -447,34 +497,22 @@ def parallel_attn_bwd_kernel_dq(
     b_lse = tl.load(lse + p_r, mask=m_t, other=float("inf")) * LOG2E
     b_delta = tl.load(delta + p_r, mask=m_t, other=0.0)
     qk_scale = scale * LOG2E
+    b_gq = tl.zeros([BT], dtype=tl.float32)
+    b_dgq = tl.zeros([BT], dtype=tl.float32)
     if USE_G:
         p_gq = gc + (bos_k + offset + t0) * HQ + i_hq + o_t * HQ
         b_gq = tl.load(p_gq, mask=m_t, other=0.0).to(tl.float32) * LOG2E
-        b_dgq = tl.zeros([BT], dtype=tl.float32)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
 
+    # key blocks wholly before the tile's first query (no mask), then the diagonal blocks
     i_diag = ((offset + t0) // BS) * BS
     i_end = tl.minimum(offset + t0 + BT, TK)
-    for i_s in range(0, i_end, BS):
-        o_k = i_s + o_s
-        m_k = o_k < TK
-        p_k = k + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-        p_v = v + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-        b_k = tl.load(p_k, mask=m_k[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(p_v, mask=m_k[:, None] & m_d[None, :], other=0.0)
-        b_s = _dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
-        if USE_G:
-            b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ, mask=m_k, other=0.0).to(tl.float32) * LOG2E
-            b_s += b_gq[:, None] - b_gk[None, :]
-        # P_ij = exp2(s2_ij - lse2_i): the forward's normalized probabilities
-        if i_s >= i_diag:  # diagonal blocks: key j > query i gets probability 0
-            b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
-        b_p = tl.math.exp2(b_s - b_lse[:, None])
-        b_dp = _dot(b_do, tl.trans(b_v), DOT_PREC)
-        b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq += _dot(b_ds.to(b_k.dtype), b_k, DOT_PREC)
-        if USE_G:
-            b_dgq += tl.sum(b_ds, 1)
+    for i_s in range(0, i_diag, BS):
+        b_dq, b_dgq = _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK,
+                                o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, DOT_PREC, False)
+    for i_s in range(i_diag, i_end, BS):
+        b_dq, b_dgq = _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK,
+                                o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, DOT_PREC, True)
 
     tl.store(dq + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :],
              (b_dq * scale).to(dq.dtype.element_ty), mask=m_td)
@@ -494,21 +532,25 @@ _dq_tuned = triton.autotune(
     configs=_bwd_dq_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
 )(parallel_attn_bwd_kernel_dq)
 
-# fixed blocks for packed varlen batches (the chunk list depends on the tile size, so it is not tuned)
-_VARLEN_FWD = {"BT": 64, "BS": 64, "num_warps": 4, "num_stages": 3}
-_VARLEN_DKDV = {"BT": 32, "BS": 64, "num_warps": 4, "num_stages": 3}
-_VARLEN_DQ = {"BT": 64, "BS": 32, "num_warps": 4, "num_stages": 3}
-if _INTERPRET:
-    _VARLEN_FWD = {"BT": 32, "BS": 16, "num_warps": 4, "num_stages": 1}
-    _VARLEN_DKDV = {"BT": 16, "BS": 32, "num_warps": 4, "num_stages": 1}
-    _VARLEN_DQ = {"BT": 32, "BS": 16, "num_warps": 4, "num_stages": 1}
+# Blocks per (kernel, padded head dim, gated): the winners of the autotuner above on an H100 at the
+# peers' shapes (T = 1k..16k, bf16). Set GATEDGEN_AUTOTUNE=1 to tune again (dense batches only: for
+# packed batches the tile list depends on the tile size).
+_AUTOTUNE = os.environ.get("GATEDGEN_AUTOTUNE") == "1" and not _INTERPRET
+_BLOCKS = {
+    # kind: {BK: (BT, BS, num_warps, num_stages)}
+    "fwd": {64: (128, 64, 4, 3), 128: (128, 32, 4, 4), 256: (64, 32, 4, 3)},
+    "dkdv": {64: (32, 64, 4, 3), 128: (16, 64, 4, 3), 256: (16, 32, 8, 2)},
+    "dq": {64: (64, 32, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2)},
+}
+_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
 
 
-def _varlen_blocks(cfg: dict, BK: int) -> dict:
-    cfg = dict(cfg)
-    if BK > 128:  # keep the fp32 accumulators in registers
-        cfg["BT"], cfg["BS"] = min(cfg["BT"], 32), min(cfg["BS"], 32)
-    return cfg
+def _blocks(kind: str, BK: int) -> dict:
+    if _INTERPRET:
+        bt, bs, w, st = _BLOCKS_INTERPRET[kind]
+    else:
+        bt, bs, w, st = _BLOCKS[kind][max(BK, 64)]
+    return {"BT": bt, "BS": bs, "num_warps": w, "num_stages": st}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -570,19 +612,25 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     if TQ == 0:
         return o, lse
     common = dict(B=B, H=H, HQ=HQ, G=HQ // H, K=K, BK=BK, USE_G=gc is not None, DOT_PREC=_dot_prec(q.dtype))
-    if cu_seqlens is None:
+    if cu_seqlens is None and _AUTOTUNE:
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, scale, TQ, TK, 0, IS_VARLEN=False, **common)
+        return o, lse
+    cfg = _blocks("fwd", BK)
+    if cu_seqlens is None:
+        chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
+        grid = (NT * B * HQ,)
     else:
-        cfg = _varlen_blocks(_VARLEN_FWD, BK)
         chunks = prepare_chunk_indices(cu_seqlens, cfg["BT"])
         NT = chunks.shape[0]
-        if NT > 0:
-            parallel_attn_fwd_kernel[(NT * HQ,)](
-                q, k, v, o, gc, lse, cu_seqlens, chunks, scale, TQ, TK, NT, IS_VARLEN=True, **common, **cfg
-            )
+        grid = (NT * HQ,)
+    if NT > 0:
+        parallel_attn_fwd_kernel[grid](
+            q, k, v, o, gc, lse, cu_seqlens, chunks, scale, TQ, TK, NT, IS_VARLEN=cu_seqlens is not None,
+            **common, **cfg
+        )
     return o, lse
 
 
@@ -597,7 +645,8 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
     N = B * TQ * HQ
     delta = torch.empty(B, TQ, HQ, dtype=torch.float32, device=q.device)
     BR = 16
-    parallel_attn_bwd_kernel_preprocess[(triton.cdiv(N, BR),)](o, do, delta, N, K=K, BR=BR, BK=BK)
+    if N > 0:
+        parallel_attn_bwd_kernel_preprocess[(triton.cdiv(N, BR),)](o, do, delta, N, K=K, BR=BR, BK=BK)
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -607,7 +656,9 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
         dgc_k = torch.empty(B, TK, HQ, dtype=torch.float32, device=q.device)
         # positions before the first query (continuing a cache) only get the key-side sums
         dgc = torch.empty_like(dgc_k) if TQ == TK else None
-    if cu_seqlens is None:
+    if TQ == 0:
+        return dq, dk.zero_(), dv.zero_(), (dgc_k.zero_() if dgc_k is not None else None)
+    if cu_seqlens is None and _AUTOTUNE:
         def grid_kv(meta):
             return (triton.cdiv(TK, meta["BS"]) * B * H,)
 
@@ -617,21 +668,31 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
         _dkdv_tuned[grid_kv](q, k, v, gc, lse, delta, do, dk, dv, dgc_k, None, None, scale, TQ, TK,
                              IS_VARLEN=False, **common)
         if dgc_k is not None and dgc is None:
-            dgc = dgc_k.clone()
+            dgc = dgc_k.clone()  # the dq kernel writes over the query positions
         _dq_tuned[grid_q](q, k, v, gc, lse, delta, do, dq, dgc_k, dgc, None, None, scale, TQ, TK, 0,
                           IS_VARLEN=False, **common)
+        return dq, dk, dv, dgc
+    cfg_kv, cfg_q = _blocks("dkdv", BK), _blocks("dq", BK)
+    if cu_seqlens is None:
+        chunks_kv, chunks_q = None, None
+        NS, NT = triton.cdiv(TK, cfg_kv["BS"]), triton.cdiv(TQ, cfg_q["BT"])
+        grid_kv, grid_q = (NS * B * H,), (NT * B * HQ,)
     else:
-        cfg_kv = _varlen_blocks(_VARLEN_DKDV, BK)
-        cfg_q = _varlen_blocks(_VARLEN_DQ, BK)
         chunks_kv = prepare_chunk_indices(cu_seqlens, cfg_kv["BS"])
         chunks_q = prepare_chunk_indices(cu_seqlens, cfg_q["BT"])
-        if chunks_kv.shape[0] > 0:
-            parallel_attn_bwd_kernel_dkdv[(chunks_kv.shape[0] * H,)](
-                q, k, v, gc, lse, delta, do, dk, dv, dgc_k, cu_seqlens, chunks_kv, scale, TQ, TK,
-                IS_VARLEN=True, **common, **cfg_kv)
-            parallel_attn_bwd_kernel_dq[(chunks_q.shape[0] * HQ,)](
-                q, k, v, gc, lse, delta, do, dq, dgc_k, dgc, cu_seqlens, chunks_q, scale, TQ, TK,
-                chunks_q.shape[0], IS_VARLEN=True, **common, **cfg_q)
+        NS, NT = chunks_kv.shape[0], chunks_q.shape[0]
+        grid_kv, grid_q = (NS * H,), (NT * HQ,)
+    varlen = cu_seqlens is not None
+    if NS > 0:
+        parallel_attn_bwd_kernel_dkdv[grid_kv](
+            q, k, v, gc, lse, delta, do, dk, dv, dgc_k, cu_seqlens, chunks_kv, scale, TQ, TK,
+            IS_VARLEN=varlen, **common, **cfg_kv)
+    if dgc_k is not None and dgc is None:
+        dgc = dgc_k.clone()  # the dq kernel writes over the query positions
+    if NT > 0:
+        parallel_attn_bwd_kernel_dq[grid_q](
+            q, k, v, gc, lse, delta, do, dq, dgc_k, dgc, cu_seqlens, chunks_q, scale, TQ, TK, NT,
+            IS_VARLEN=varlen, **common, **cfg_q)
     return dq, dk, dv, dgc
 
 

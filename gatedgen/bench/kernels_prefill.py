@@ -1,0 +1,167 @@
+"""Prefill / training attention benchmark: our Triton kernel next to fla and torch SDPA.
+
+Shapes and FLOP convention as docs/peers (FlashAttention's): causal forward = 2*B*H*T^2*D (half of
+4*B*H*T^2*D), forward+backward = 3.5 x forward; B = 16384 / T; bf16; g = logsigmoid(randn + 4)
+fp32. Varlen rows count sum over sequences of 2*H*len^2*D. Times are triton.testing.do_bench
+medians. Run: ``python -m gatedgen.bench.kernels_prefill [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+# (name, B, T, HQ, H, D, varlen lengths or None)
+SHAPES = [
+    ("16x128", 16, 1024, 16, 16, 128, None),
+    ("16x128", 4, 4096, 16, 16, 128, None),
+    ("16x128", 1, 16384, 16, 16, 128, None),
+    ("32x64", 16, 1024, 32, 32, 64, None),
+    ("32x64", 4, 4096, 32, 32, 64, None),
+    ("32x64", 1, 16384, 32, 32, 64, None),
+    ("gqa32:8x128", 4, 4096, 32, 8, 128, None),
+    ("varlen16x128", 1, 16384, 16, 16, 128, [3000, 17, 5000, 1, 2048, 4000, 2318]),
+]
+
+
+def _fla():
+    try:
+        from fla.ops.attn.parallel import parallel_attn as fla_attn
+    except Exception:  # noqa: BLE001 - fla is optional
+        return None
+    return fla_attn
+
+
+def _bench(fn) -> float:
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _fwd_bwd(fn, inputs, do):
+    def run():
+        out = fn()
+        torch.autograd.grad(out, inputs, do)
+
+    return run
+
+
+def _flops(B, T, HQ, D, lens) -> float:
+    if lens is None:
+        return 2.0 * B * HQ * T * T * D
+    return sum(2.0 * HQ * n * n * D for n in lens)
+
+
+def run(quick: bool = False, log=None) -> list[dict]:
+    """One dict per shape with TFLOP/s of each variant (None where a peer is missing).
+
+    ``log``, when given, is called with each finished row (for progress on long runs)."""
+    from kernels.attn.parallel import parallel_attn
+
+    fla_attn = _fla()
+    dev = "cuda"
+    rows = []
+    shapes = SHAPES[1::3] if quick else SHAPES
+    for name, B, T, HQ, H, D, lens in shapes:
+        torch.manual_seed(0)
+        dt = torch.bfloat16
+        q = torch.randn(B, T, HQ, D, device=dev, dtype=dt, requires_grad=True)
+        k = torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True)
+        v = torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True)
+        g = F.logsigmoid(torch.randn(B, T, HQ, device=dev) + 4).requires_grad_(True)
+        do = torch.randn(B, T, HQ, D, device=dev, dtype=dt)
+        cu = None
+        if lens is not None:
+            assert sum(lens) == T
+            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device=dev, dtype=torch.int32)
+        fl = _flops(B, T, HQ, D, lens)
+        row = {"shape": name, "T": T, "B": B, "HQ": HQ, "H": H, "D": D}
+
+        def tflops(ms, mult=1.0):
+            return None if ms is None else fl * mult / ms / 1e9
+
+        def ours(gate):
+            return lambda: parallel_attn(q, k, v, gate, cu_seqlens=cu)
+
+        row["ours_g_fwd"] = tflops(_bench(ours(g)))
+        row["ours_g_fwdbwd"] = tflops(_bench(_fwd_bwd(ours(g), (q, k, v, g), do)), 3.5)
+        row["ours_fwd"] = tflops(_bench(ours(None)))
+        row["ours_fwdbwd"] = tflops(_bench(_fwd_bwd(ours(None), (q, k, v), do)), 3.5)
+        if fla_attn is not None:
+            cu_l = cu.long() if cu is not None else None
+
+            def fla(gate):
+                return lambda: fla_attn(q, k, v, g=gate, cu_seqlens=cu_l)
+
+            row["fla_g_fwd"] = tflops(_bench(fla(g)))
+            row["fla_g_fwdbwd"] = tflops(_bench(_fwd_bwd(fla(g), (q, k, v, g), do)), 3.5)
+            row["fla_fwd"] = tflops(_bench(fla(None)))
+        if lens is None:
+            # SDPA in its own layout [B, H, T, D]; GQA through enable_gqa
+            qs = q.detach().transpose(1, 2).contiguous().requires_grad_(True)
+            ks = k.detach().transpose(1, 2).contiguous().requires_grad_(True)
+            vs = v.detach().transpose(1, 2).contiguous().requires_grad_(True)
+            dos = do.transpose(1, 2).contiguous()
+
+            def sdpa():
+                return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=HQ != H)
+
+            row["sdpa_fwd"] = tflops(_bench(sdpa))
+            row["sdpa_fwdbwd"] = tflops(_bench(_fwd_bwd(sdpa, (qs, ks, vs), dos)), 3.5)
+        rows.append(row)
+        if log is not None:
+            log(row)
+        del q, k, v, g, do
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _ratio(a, b) -> str:
+    if a is None or b is None or b == 0 or math.isnan(b):
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [
+        ("ours g fwd", "ours_g_fwd"),
+        ("fla g fwd", "fla_g_fwd"),
+        ("ours g f+b", "ours_g_fwdbwd"),
+        ("fla g f+b", "fla_g_fwdbwd"),
+        ("ours fwd", "ours_fwd"),
+        ("ours f+b", "ours_fwdbwd"),
+        ("fla fwd", "fla_fwd"),
+        ("SDPA fwd", "sdpa_fwd"),
+        ("SDPA f+b", "sdpa_fwdbwd"),
+    ]
+    head = ["H x D", "T"] + [c for c, _ in cols] + ["g fwd/fla", "g f+b/fla", "g fwd/SDPA", "fwd/SDPA"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["shape"], str(r["T"])] + [_num(r.get(k)) for _, k in cols]
+        cells += [
+            _ratio(r.get("ours_g_fwd"), r.get("fla_g_fwd")),
+            _ratio(r.get("ours_g_fwdbwd"), r.get("fla_g_fwdbwd")),
+            _ratio(r.get("ours_g_fwd"), r.get("sdpa_fwd")),
+            _ratio(r.get("ours_fwd"), r.get("sdpa_fwd")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one T per head layout")
+    args = parser.parse_args(argv)
+    print("TFLOP/s (bf16, causal; fwd+bwd = 3.5 x fwd FLOPs); ratios ours/peer")
+    print(format_table(run(quick=args.quick, log=lambda r: print(r, flush=True))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One device call for the prefill kernel: GPU tests, kernel resource report, benchmark.
+# Run from the repo root on the device machine (see docs/notes-prefill.md):
+#   bash scripts/gpu_prefill.sh [bench args]        logs go to $OUT (or ./out)
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_parallel_kernel.py 2>&1 \
+    | tee "$OUT/test.log" | tail -25
+  echo "tests exit: ${PIPESTATUS[0]}"
+fi
+
+timeout "${BENCH_TIMEOUT:-340}" python3 - "$@" <<'PY' 2>&1 | tee "$OUT/bench.log"
+import json, os, sys
+from gatedgen.bench import kernels_prefill as kp
+from kernels.attn import parallel as par
+rows = kp.run(quick="--quick" in sys.argv, log=lambda r: print({k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}, flush=True))
+json.dump(rows, open(os.path.join(os.environ.get("OUT", "out"), "bench.json"), "w"), indent=1)
+# compiled kernels: registers, spills, shared memory per specialization
+for name, fn in [("fwd", par.parallel_attn_fwd_kernel), ("dkdv", par.parallel_attn_bwd_kernel_dkdv),
+                 ("dq", par.parallel_attn_bwd_kernel_dq)]:
+    for dev_cache in getattr(fn, "device_caches", {}).values():
+        for kern in dev_cache[0].values():
+            try:
+                c = kern.metadata
+                print(f"{name}: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} stages={c.num_stages} consts={ {k: v for k, v in kern.src.constants.items() if isinstance(v, (int, str)) and not isinstance(v, bool)} }")
+            except Exception as e:  # noqa: BLE001
+                print(name, "info failed", e)
+print()
+print(kp.format_table(rows))
+PY
+
+# block-size sweep at T = 4k (forward: gated fwd time; backward: fwd+bwd time with the fwd fixed)
+timeout "${SWEEP_TIMEOUT:-100}" python3 - <<'PY' 2>&1 | tee "$OUT/sweep.log"
+import torch, triton, torch.nn.functional as F
+from kernels.attn import parallel as par
+for (B, T, H, D) in [(4, 4096, 16, 128), (4, 4096, 32, 64)]:
+    q = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn_like(q, requires_grad=True); v = torch.randn_like(q, requires_grad=True)
+    g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 4).requires_grad_(True)
+    do = torch.randn_like(q)
+    fl = 2.0 * B * H * T * T * D
+    default = dict(par._BLOCKS["fwd"]), dict(par._BLOCKS["dkdv"]), dict(par._BLOCKS["dq"])
+    for kind, cands in [("fwd", [(128, 64, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)]),
+                        ("dkdv", [(16, 64, 4, 3), (32, 64, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2), (16, 128, 8, 3), (32, 64, 4, 2)]),
+                        ("dq", [(64, 32, 4, 3), (128, 64, 8, 2), (64, 16, 4, 3), (128, 32, 8, 2), (64, 64, 4, 3)])]:
+        for c in cands:
+            par._BLOCKS[kind][D] = c
+            try:
+                if kind == "fwd":
+                    ms = triton.testing.do_bench(lambda: par.parallel_attn(q, k, v, g), warmup=10, rep=40)
+                    print(f"D={D} {kind} {c}: {ms:.3f} ms {fl / ms / 1e9:.0f} TFLOP/s", flush=True)
+                else:
+                    def f():
+                        torch.autograd.grad(par.parallel_attn(q, k, v, g), (q, k, v, g), do)
+                    ms = triton.testing.do_bench(f, warmup=10, rep=40)
+                    print(f"D={D} {kind} {c}: fwd+bwd {ms:.3f} ms {3.5 * fl / ms / 1e9:.0f} TFLOP/s", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"D={D} {kind} {c}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
+        par._BLOCKS[kind][D] = default[["fwd", "dkdv", "dq"].index(kind)][D]
+PY
+echo "=== table ==="
+sed -n '/^| H x D/,$p' "$OUT/bench.log"
