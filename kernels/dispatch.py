@@ -57,8 +57,13 @@ def rebase_gate_cache(gc_cache, cache_seqlens):
 
 
 def _fused_impl(op: str, module: str, name: str, tensor: torch.Tensor):
-    """Triton ``kernels.<op>.<module>.<name>`` for CUDA tensors, ``kernels.<op>.naive.<name>`` otherwise."""
-    if tensor.is_cuda and triton_available():
+    """Triton ``kernels.<op>.<module>.<name>`` for CUDA tensors, ``kernels.<op>.naive.<name>`` otherwise.
+
+    The fused Triton ops are inference kernels (no backward): under autograd (training) the
+    reference runs, which torch differentiates.
+    """
+    needs_grad = torch.is_grad_enabled() and tensor.requires_grad
+    if tensor.is_cuda and triton_available() and not needs_grad:
         return getattr(importlib.import_module(f"kernels.{op}.{module}"), name)
     return getattr(importlib.import_module(f"kernels.{op}.naive"), name)
 
