@@ -151,13 +151,37 @@ def load_model(
     return model.eval().requires_grad_(False)
 
 
-def save_model(model: CausalLM, out_dir: str | Path) -> None:
-    """Write config.json + model.safetensors in the model's own format."""
+def save_model(model: CausalLM, out_dir: str | Path, *, dtype: torch.dtype | None = None,
+               max_shard_bytes: int | None = None) -> None:
+    """Write config.json + model.safetensors in the model's own format.
+
+    ``dtype`` converts the weights on the way out; ``max_shard_bytes`` splits them into
+    ``model-0000i-of-0000n.safetensors`` files with a ``model.safetensors.index.json``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().to(dtype or t.dtype).contiguous().cpu() for name, t in model.state_dict().items()}
     cfg = model.cfg
     hf = formats.format_for(cfg.model_type).config_to_hf(cfg)
-    hf["torch_dtype"] = str(model.output_weight.dtype).removeprefix("torch.")
+    hf["torch_dtype"] = str(dtype or model.output_weight.dtype).removeprefix("torch.")
     (out_dir / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
-    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    if len(shards) == 1:
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out_dir / file), metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+             "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

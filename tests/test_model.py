@@ -97,3 +97,14 @@ def test_bfloat16_weights_close(ckpt):
     ref = load_model(ckpt, backend="reference")(ids)
     out = load_model(ckpt, dtype="bfloat16", backend="reference")(ids)
     assert ((out - ref).norm() / ref.norm()) < 3e-2
+
+
+def test_sharded_save_round_trip(ckpt, tmp_path):
+    model = load_model(ckpt, backend="reference")
+    save_model(model, tmp_path / "sharded", max_shard_bytes=40_000)
+    files = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(files) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 9))
+    assert torch.equal(model(ids), load_model(tmp_path / "sharded", backend="reference")(ids))
+    save_model(model, tmp_path / "bf16", dtype=torch.bfloat16)
+    assert load_model(tmp_path / "bf16", dtype="bfloat16").output_weight.dtype == torch.bfloat16
