@@ -10,8 +10,8 @@ Result: ``{"text", "finish_reason": "stop"|"length", "prompt_tokens", "generated
 "finish_reason": "error", "prompt_tokens": 0, "generated_tokens": 0, "error": "line N: ..."}``,
 and the command exits 1 at the end.
 
-Generation is sequential (shared prompt prefixes are reused from the KV cache). Batched GPU
-generation plugs in at :func:`generate_all`.
+On CPU generation is sequential (shared prompt prefixes are reused from the KV cache); on CUDA
+consecutive requests with the same settings are generated in batches (:func:`generate_all`).
 """
 
 from __future__ import annotations
@@ -94,17 +94,54 @@ def _generate_one(session: Session, request: Request) -> dict[str, Any]:
             "generated_tokens": last.stats.generated_tokens}
 
 
-def generate_all(session: Session, requests: Iterable[Request]) -> Iterator[tuple[Request, dict[str, Any]]]:
-    """Results in input order. Sequential; the hook for batched generation (``gatedgen.batch`` on
-    CUDA): group the valid requests, generate them together, and yield in the same order."""
+BATCH_SIZE = 32  # requests decoded together on CUDA
+
+
+def generate_all(session: Session, requests: Iterable[Request],
+                 batched: bool | None = None) -> Iterator[tuple[Request, dict[str, Any]]]:
+    """Results in input order. On CUDA (or ``batched=True``), runs of consecutive valid requests with
+    the same settings go through ``gatedgen.batch.generate_batch`` together (one sampler and seed per
+    batch); otherwise one by one on the session (shared prompt prefixes reused from its cache)."""
+    if batched is None:
+        batched = session.device.type == "cuda"
+    if not batched:
+        for request in requests:
+            yield request, _error(request.error) if request.error is not None else _guard(_generate_one, session,
+                                                                                            request)
+        return
+    group: list[Request] = []
     for request in requests:
+        if group and (request.error is not None or request.settings != group[0].settings
+                      or len(group) == BATCH_SIZE):
+            yield from _run_batch(session, group)
+            group = []
         if request.error is not None:
             yield request, _error(request.error)
-            continue
-        try:
-            yield request, _generate_one(session, request)
-        except GatedgenError as e:
+        else:
+            group.append(request)
+    if group:
+        yield from _run_batch(session, group)
+
+
+def _guard(fn, session: Session, request: Request) -> dict[str, Any]:
+    try:
+        return fn(session, request)
+    except GatedgenError as e:
+        return _error(f"line {request.line}: {e}")
+
+
+def _run_batch(session: Session, group: list[Request]) -> Iterator[tuple[Request, dict[str, Any]]]:
+    from gatedgen.batch import generate_batch
+
+    try:
+        results = generate_batch(session.model, session.tokenizer, [r.ids for r in group], group[0].settings)
+    except GatedgenError as e:
+        for request in group:
             yield request, _error(f"line {request.line}: {e}")
+        return
+    for request, result in zip(group, results):
+        yield request, {"text": result.text, "finish_reason": result.finish_reason,
+                        "prompt_tokens": len(request.ids), "generated_tokens": len(result.tokens)}
 
 
 def _error(message: str) -> dict[str, Any]:
