@@ -73,7 +73,7 @@ def _run(q, k, v, gc, lens, **kw):
 
 
 # (dtype, D, HQ, H, Tq, gated): every dtype, D in {64, 100, 128}, GQA 8:2 and 4:1, Tq in {1, 3, 16},
-# tiles under and over 16 rows (broadcast-reduce and tl.dot paths), gated and not
+# tiles under and over 16 rows, gated and not
 CASES = [
     (torch.bfloat16, 128, 8, 2, 1, True),
     (torch.bfloat16, 64, 4, 1, 3, True),
@@ -103,16 +103,18 @@ def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits):
     assert err < TOL[dtype], f"rel err {err:.2e} seed={seed} lens={lens}"
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_padded_dot_path_and_scale(dtype):
-    # G * Tq = 4 rows padded to a 16-row tl.dot tile (the other way to serve small tiles)
+@pytest.mark.parametrize(
+    "dtype,use_dot", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False), (torch.float32, True)]
+)
+def test_small_tile_paths_and_scale(dtype, use_dot):
+    # G * Tq = 4 rows: padded to a 16-row tl.dot tile (default) or broadcast-multiply-reduce
     gen, seed = _seed()
     B, Tmax, HQ, H, D, Tq = 2, 40, 8, 2, 64, 1
     lens = [Tmax, 1 + int(torch.randint(1, Tmax - 1, (1,), generator=gen))]
     k, v, gc = _cache(B, Tmax, HQ, H, D, dtype, lens, True, gen)
     q = torch.randn(B, Tq, HQ, D, generator=gen).to(dtype).to(DEVICE)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, use_dot=True, scale=0.3)
+    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, use_dot=use_dot, scale=0.3)
     err = rel_err(o, _reference(q, k, v, gc, seqlens, scale=0.3))
     assert err < TOL[dtype], f"rel err {err:.2e} seed={seed}"
 

@@ -12,12 +12,14 @@ Same semantics and signatures as ``decode_attn``, ``update_cache`` and ``rebase_
 Decode reads the whole cache to produce a handful of rows, so the only cost that matters is
 reading K and V once at memory speed (the two numbers are in docs/notes-decode.md). The kernel:
 
-* ``decode_split_kernel``, grid (NS, B * H): program (i_s, i_bh) takes the i_s-th of NS equal
+* ``decode_split_kernel``, grid (H, NS, B): program (i_h, i_s, i_b) takes the i_s-th of NS equal
   slices of sequence b's valid range [0, L) (slices are whole blocks of BS keys; L is read on the
   device) for KV head h, and serves all Tq * G query rows of that head at once (G = HQ // H, row
   r = t * G + g), so each K/V element is read from memory once. The query tile is [BM, D]
-  (BM = Tq * G rounded up to a power of two) against a [BS, D] key tile: ``tl.dot`` when the tile
-  has >= 16 rows, else a broadcast multiply and reduce on the CUDA cores. Online softmax in exp2;
+  (BM = Tq * G rounded up to a power of two) against a [BS, D] key tile with ``tl.dot``; a tile of
+  fewer than 16 rows is padded to 16 (``SMALL_TILE_DOT``; the broadcast multiply-and-reduce path
+  for it is kept, ``use_dot=False``, but measured 4x slower on H100: its loads get no cp.async
+  pipelining, while the padded dot's extra MMA work is free in a memory-bound loop). Online softmax in exp2;
   the partial result is stored normalised with its log2-sum-exp; a program whose slice starts past
   L stores lse = -inf (a neutral partial) and reads nothing.
 * ``decode_merge_kernel``, grid (B * Tq * HQ,): merges the NS partials of one row exactly through
@@ -59,7 +61,7 @@ PROGRAMS_PER_SM = 4  # split count target: NS * B * H ~ PROGRAMS_PER_SM * SMs
 MAX_SPLITS = 128
 MERGE_BLOCK = 32  # partials merged per step in the merge kernel
 # tiles of < 16 query rows (Tq * G): pad to a 16-row tl.dot tile (True) or broadcast-multiply-reduce
-SMALL_TILE_DOT = False
+SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (H100, notes)
 
 
 @triton.jit
@@ -141,8 +143,9 @@ def decode_split_kernel(
     DOT_PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    i_s, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    # KV head fastest: programs running together read the same tokens of neighbouring heads (one
+    # DRAM stretch of H * D elements per token) and share the gate sectors of gc[b, t, :]
+    i_h, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     L = tl.load(cache_seqlens + i_b).to(tl.int32)
     # slice i_s of [0, L): NS slices of whole BS-blocks
     n_chunk = tl.cdiv(tl.cdiv(L, NS), BS) * BS
@@ -387,6 +390,10 @@ def _decode_attn(
     BD = max(16, next_power_of_2(D))
     if use_dot is None:
         use_dot = M >= 16 or SMALL_TILE_DOT
+    if q.dtype == torch.float32:
+        # Triton turns the fp32 broadcast-multiply-sum into a tf32 dot (5e-4 error, seen on H100):
+        # fp32 always takes the dot path, in ieee precision
+        use_dot = True
     BM = max(16 if use_dot else 1, next_power_of_2(M))
     if block_s is None:
         # dot: [BS, BD] K and V tiles, num_stages deep in shared memory (cp.async, 16-byte rows);
@@ -401,13 +408,13 @@ def _decode_attn(
     if NS > 1:
         if workspace is not None:
             o_part, lse_part = workspace
-        else:
-            o_part = torch.empty(B * Tq * HQ, NS, D, dtype=torch.float32, device=q.device)
-            lse_part = torch.empty(B * Tq * HQ, NS, dtype=torch.float32, device=q.device)
+        else:  # one allocation (host overhead counts at small shapes)
+            ws = torch.empty(B * Tq * HQ * NS * (D + 1), dtype=torch.float32, device=q.device)
+            o_part, lse_part = ws[: B * Tq * HQ * NS * D], ws[B * Tq * HQ * NS * D :]
     else:
         o_part = lse_part = o  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    decode_split_kernel[(NS, B * H)](
+    decode_split_kernel[(H, NS, B)](
         q,
         k_cache,
         v_cache,
