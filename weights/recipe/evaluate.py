@@ -93,7 +93,7 @@ def samples(model_dir: Path, device: str) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--student", required=True)
+    ap.add_argument("--student", help="student checkpoint (omit to measure the teacher alone)")
     ap.add_argument("--teacher")
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--out", required=True)
@@ -103,17 +103,18 @@ def main() -> None:
     device = torch.device(args.device)
     held = [r["text"] for i, r in enumerate(read_records(args.corpus)) if i % 50 == 0][: args.max_texts]
     metrics: dict = {"held_out_texts": len(held)}
-    student_tok = Tokenizer.from_dir(Path(args.student))
-    student = load_model(args.student, device=device, dtype="float32")
-    metrics["student"] = nll(student, student_tok, held, device, "<|endoftext|>")
-    metrics["student"]["parameters"] = sum(p.numel() for p in student.parameters())
-    metrics["gates"] = gate_stats(student, student_tok, held[:50], device)
+    if args.student:
+        student_tok = Tokenizer.from_dir(Path(args.student))
+        student = load_model(args.student, device=device, dtype="float32")
+        metrics["student"] = nll(student, student_tok, held, device, "<|endoftext|>")
+        metrics["student"]["parameters"] = sum(p.numel() for p in student.parameters())
+        metrics["gates"] = gate_stats(student, student_tok, held[:50], device)
+        metrics["samples"] = samples(Path(args.student), args.device)
     if args.teacher:
         teacher_tok = Tokenizer.from_dir(Path(args.teacher))
         teacher = load_model(args.teacher, device=device, dtype="float32")
         metrics["teacher"] = nll(teacher, teacher_tok, held, device, None)
         metrics["teacher"]["parameters"] = sum(p.numel() for p in teacher.parameters())
-    metrics["samples"] = samples(Path(args.student), args.device)
     Path(args.out).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in metrics.items() if k in ("student", "teacher")}, indent=2))
 

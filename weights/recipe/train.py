@@ -93,7 +93,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--seconds", type=float, default=1e9, help="stop early after this much training time")
+    ap.add_argument("--seconds", type=float, default=1e9,
+                    help="time budget: the learning-rate schedule ends (and training stops) after this long")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
@@ -118,13 +119,20 @@ def main() -> None:
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    schedule = lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    def lr_factor(step: int, progress: float) -> float:
+        """Linear warm-up, then cosine decay to 0 over the run (steps or seconds, whichever ends first)."""
+        return min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     log = (out / "train_log.jsonl").open("w")
     data = batches(train_tokens, args.batch, args.seq, torch.Generator().manual_seed(1))
     start = time.time()
     for step in range(args.steps):
+        progress = max(step / args.steps, (time.time() - start) / args.seconds)
+        if progress >= 1.0:
+            print(f"budget reached at step {step}", flush=True)
+            break
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(step, progress)
         x, y = (t.to(device, non_blocking=True) for t in next(data))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
@@ -133,18 +141,15 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         record = {"step": step, "loss": round(loss.item(), 4), "tokens": (step + 1) * args.batch * args.seq,
-                  "seconds": round(time.time() - start, 1)}
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+                  "seconds": round(time.time() - start, 1), "lr": opt.param_groups[0]["lr"]}
+        if (step + 1) % args.eval_every == 0:
             record["held_out_loss"] = round(held_out_loss(model, held_tokens, args.seq, device), 4)
             print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
-        if time.time() - start > args.seconds:
-            record["held_out_loss"] = round(held_out_loss(model, held_tokens, args.seq, device), 4)
-            log.write(json.dumps(record) + "\n")
-            print(f"time budget reached at step {step}", json.dumps(record), flush=True)
-            break
+    final = {"step": step, "final_held_out_loss": round(held_out_loss(model, held_tokens, args.seq, device), 4)}
+    print(json.dumps(final), flush=True)
+    log.write(json.dumps(final) + "\n")
     log.close()
     save_model(model, out, dtype=torch.bfloat16, max_shard_bytes=15 * 2**20)
     print(f"saved to {out} after {time.time() - start:.0f} s", flush=True)
