@@ -29,7 +29,8 @@ CACHE = Path(os.environ.get("GATEDGEN_TEST_CACHE", Path.home() / ".cache" / "gat
 # Multilingual text with emoji (ZWJ sequences, skin tones, flags), accents, CJK, code and chat markers.
 TEXT = ("Héllo wörld! Ça va? Grüße aus München. Съешь же ещё этих мягких булок. 我能吞下玻璃而不伤身体。"
         "日本語のテキスト。 나는 유리를 먹을 수 있어요. Emoji: 😀 👍🏽 👨‍👩‍👧‍👦 🇫🇷 🤖✨ e\u0301 "
-        "def f(x):\n\treturn x ** 2  # ok\n<|im_start|>user\nhi<|im_end|>\n   spaces   ")
+        "def f(x):\n\treturn x ** 2  # ok\n<|im_start|>user\nhi<|im_end|>\n   spaces   "
+        "In 1999 there were 365 days; π ≈ 3.14159, 10,000€.")
 
 
 def _fetch_gguf() -> Path:
