@@ -240,7 +240,22 @@ def _no_graph(ctx, param, value):
 
 
 def main() -> None:
-    cli(prog_name="gatedgen")
+    try:
+        cli.main(prog_name="gatedgen", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `gatedgen`: the help, as click shows it
+        e.show()
+        sys.exit(e.exit_code)
+    except click.UsageError as e:  # bad option values and unknown options: one line, exit 2
+        from gatedgen import ui
+
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        ui.error(e.format_message() + hint)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:  # Ctrl-C inside click's own prompts
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def _attend(
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     group = HQ // H
     # [B, Tk, H, D] -> [B, HQ, Tk, D]: each query head sees its key/value head
-    kf = k.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
-    vf = v.to(acc).repeat_interleave(group, dim=2).transpose(1, 2)
+    # contiguous: CPU matmuls over transposed strided views are ~100x slower
+    kf = k.to(acc).repeat_interleave(group, dim=2).transpose(1, 2).contiguous()
+    vf = v.to(acc).repeat_interleave(group, dim=2).transpose(1, 2).contiguous()
     gcf = gc.to(acc).transpose(1, 2) if gc is not None else None  # [B, HQ, Tk]
     o = torch.empty(B, HQ, Tq, v.shape[-1], dtype=acc, device=q.device)
     lse = torch.empty(B, HQ, Tq, dtype=acc, device=q.device)
