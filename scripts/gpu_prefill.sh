@@ -15,8 +15,8 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --fo
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_parallel_kernel.py 2>&1 \
-    | tee "$OUT/test.log" | tail -25
+  timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -v -rf --tb=short -n 8 -p no:cacheprovider tests/test_parallel_kernel.py 2>&1 \
+    | grep -v -i "benchmark" | tee "$OUT/test.log" | grep -E "FAILED|ERROR|passed|failed|Error" | tail -30
   echo "tests exit: ${PIPESTATUS[0]}"
 fi
 

@@ -576,23 +576,28 @@ def _seq_bounds(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.T
 
 
 def gate_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    """gc_t = sum_{l <= t} g_l per sequence, [B, T, HQ] fp32 (accumulated in fp64)."""
-    cum = torch.cumsum(g.double(), dim=1)
+    """gc_t = sum_{l <= t} g_l per sequence, [B, T, HQ] fp32 (accumulated in fp64).
+
+    The scan runs over the innermost dimension of a [B, HQ, T] copy: torch scans a non-innermost
+    dimension with one thread per column walking T steps in series (~0.2 us a step on an H100,
+    3 ms at T = 16k, measured: it halved the gated forward), the innermost one with block scans.
+    """
+    cum = g.double().transpose(1, 2).contiguous().cumsum(-1)  # [B, HQ, T]
     if cu_seqlens is not None:
         bos, _ = _seq_bounds(cu_seqlens, g.shape[1])
-        cum_pad = torch.cat([torch.zeros_like(cum[:, :1]), cum], dim=1)
-        cum = cum - cum_pad[:, bos]
-    return cum.float()
+        cum_pad = torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)
+        cum = cum - cum_pad[..., bos]
+    return cum.float().transpose(1, 2).contiguous()
 
 
 def gate_reverse_cumsum(dgc: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """dg_l = sum_{t >= l} dgc_t within each sequence, [B, T, HQ] fp32 (accumulated in fp64)."""
-    rev = dgc.double().flip(1).cumsum(1).flip(1)
+    rev = dgc.double().transpose(1, 2).flip(-1).contiguous().cumsum(-1).flip(-1)  # [B, HQ, T]
     if cu_seqlens is not None:
         _, eos = _seq_bounds(cu_seqlens, dgc.shape[1])
-        rev_pad = torch.cat([rev, torch.zeros_like(rev[:, :1])], dim=1)
-        rev = rev - rev_pad[:, eos]
-    return rev.float()
+        rev_pad = torch.cat([rev, torch.zeros_like(rev[..., :1])], dim=-1)
+        rev = rev - rev_pad[..., eos]
+    return rev.float().transpose(1, 2).contiguous()
 
 
 def _dot_prec(dtype: torch.dtype) -> str:
