@@ -233,6 +233,29 @@ def bench_generate(configs, model_dir, batches, prompt_len, new_tokens, prefill_
     click.echo(bench_gen.format_table(rows))
 
 
+@bench.command("kernels")
+@click.option("--part", type=click.Choice(["prefill", "decode", "all"]), default="all", show_default=True)
+@click.option("--quick", is_flag=True, help="Fewer shapes (a smoke run).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_guarded
+def bench_kernels(part, quick, debug):
+    """Attention kernels (TFLOP/s, TB/s) beside fla and torch SDPA, measured in the same run."""
+    import torch
+
+    from gatedgen.errors import GatedgenError
+
+    if not torch.cuda.is_available():
+        raise GatedgenError("bench kernels needs a CUDA device")
+    if part in ("prefill", "all"):
+        from gatedgen.bench import kernels_prefill
+
+        click.echo(kernels_prefill.format_table(kernels_prefill.run(quick=quick)))
+    if part in ("decode", "all"):
+        from gatedgen.bench import kernels_decode
+
+        click.echo(kernels_decode.format_table(kernels_decode.run(quick=quick)))
+
+
 def _no_graph(ctx, param, value):
     if value:
         os.environ["GATEDGEN_NO_GRAPH"] = "1"
