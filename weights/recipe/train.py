@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1e9,
                     help="time budget: the learning-rate schedule ends (and training stops) after this long")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--attn-backend", default="auto", choices=["auto", "reference"],
+                    help="auto: the Triton parallel kernel on CUDA; reference: plain PyTorch")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -111,7 +113,7 @@ def main() -> None:
 
     cfg = student_config(tok.get_vocab_size(), args)
     cfg.eos_token_id = [tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")]
-    model = CausalLM(cfg, get_backend("auto")).to(device)
+    model = CausalLM(cfg, get_backend(args.attn_backend)).to(device)
     init_weights(model, args.layers)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"student: {n_params / 1e6:.2f}M parameters", flush=True)
