@@ -35,7 +35,7 @@ def _sampling_options(f):
         click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True, help="Weights dtype (auto: float32 on CPU, bfloat16 on CUDA)."),
+                     show_default=True, help="Weights dtype (auto: float32 on CPU; on CUDA the checkpoint's own, else bfloat16)."),
         click.option("--max-context", "-c", type=click.IntRange(min=2), default=None,
                      help="Context length to allocate (default: the model's, or 4096)."),
         click.option("--stats", is_flag=True, help="Print token counts and speeds on stderr."),

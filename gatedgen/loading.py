@@ -51,7 +51,9 @@ def resolve_dtype(name: str, cfg: ModelConfig, device: torch.device) -> torch.dt
         return DTYPES[name]
     if device.type == "cpu":
         return torch.float32
-    return torch.float16 if cfg.torch_dtype == "float16" else torch.bfloat16
+    # on an accelerator: the dtype the checkpoint was saved in (small models stored in float32 can be
+    # fragile in bfloat16), bfloat16 when it does not say
+    return DTYPES.get(cfg.torch_dtype or "", torch.bfloat16)
 
 
 def _weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
