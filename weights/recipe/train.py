@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1e9,
                     help="time budget: the learning-rate schedule ends (and training stops) after this long")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--keep-best", action="store_true",
+                    help="save the weights of the best held-out loss seen (checked every --eval-every steps)")
     ap.add_argument("--attn-backend", default="auto", choices=["auto", "reference"],
                     help="auto: the Triton parallel kernel on CUDA; reference: plain PyTorch")
     args = ap.parse_args()
@@ -128,6 +130,7 @@ def main() -> None:
     log = (out / "train_log.jsonl").open("w")
     data = batches(train_tokens, args.batch, args.seq, torch.Generator().manual_seed(1))
     start = time.time()
+    best: tuple[float, int, dict | None] = (float("inf"), -1, None)
     for step in range(args.steps):
         progress = max(step / args.steps, (time.time() - start) / args.seconds)
         if progress >= 1.0:
@@ -147,9 +150,14 @@ def main() -> None:
                   "seconds": round(time.time() - start, 1), "lr": opt.param_groups[0]["lr"]}
         if (step + 1) % args.eval_every == 0:
             record["held_out_loss"] = round(held_out_loss(model, held_tokens, args.seq, device), 4)
+            if args.keep_best and record["held_out_loss"] < best[0]:
+                best = (record["held_out_loss"], step, {k: v.detach().clone() for k, v in model.state_dict().items()})
             print(json.dumps(record), flush=True)
         log.write(json.dumps(record) + "\n")
     final = {"step": step, "final_held_out_loss": round(held_out_loss(model, held_tokens, args.seq, device), 4)}
+    if args.keep_best and best[2] is not None and best[0] < final["final_held_out_loss"]:
+        model.load_state_dict(best[2])
+        final.update(kept_step=best[1], kept_held_out_loss=best[0])
     print(json.dumps(final), flush=True)
     log.write(json.dumps(final) + "\n")
     log.close()
