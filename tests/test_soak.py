@@ -1,9 +1,8 @@
 """Soak: generated tokens in one chat (tiny model, small context so that old turns get dropped
 again and again) without memory growth beyond the preallocated cache.
 
-The full 10k-token run takes 1-3 minutes on 2 CPU cores, so it is marked ``slow`` and runs with
-``GATEDGEN_SLOW=1``; the default suite runs a 500-token version (decoding
-runs at ~25-60 tokens/s there).
+The full 10k-token run takes 1-3 minutes on 2 CPU cores; it runs in the default suite (and in CI)
+and can be skipped locally with ``GATEDGEN_SKIP_SLOW=1``; a 500-token version runs first.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ def rss_kib() -> int:
 @pytest.mark.parametrize("total", [
     500,
     pytest.param(10_000, marks=[pytest.mark.slow, pytest.mark.skipif(
-        os.environ.get("GATEDGEN_SLOW") != "1", reason="1-3 minutes on CPU: set GATEDGEN_SLOW=1")]),
+        os.environ.get("GATEDGEN_SKIP_SLOW") == "1", reason="1-3 minutes on CPU (GATEDGEN_SKIP_SLOW=1)")]),
 ])
 def test_chat_soak_no_memory_growth(tmp_path, capsys, total):
     ckpt = make_checkpoint(tmp_path / "soak", seed=2)
