@@ -3,16 +3,7 @@
 # Run from the repo root on the device machine (see docs/notes-prefill.md):
 #   bash scripts/gpu_prefill.sh [bench args]        logs go to $OUT (or ./out)
 set -uo pipefail
-OUT=${OUT:-out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+source scripts/gpu_env.sh
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -v -rf --tb=short -n 8 -p no:cacheprovider tests/test_parallel_kernel.py 2>&1 \
