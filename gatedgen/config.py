@@ -83,6 +83,17 @@ class ModelConfig:
     def gated(self) -> bool:
         return self.use_forget_gate
 
+    def common_hf_fields(self) -> dict[str, Any]:
+        """The config.json fields every format writes the same way (the formats' config_to_hf)."""
+        eos = self.eos_token_id[0] if len(self.eos_token_id) == 1 else (self.eos_token_id or None)
+        return {
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "torch_dtype": self.torch_dtype,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -122,11 +122,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "use_k_shift": cfg.use_k_shift,
         "use_v_shift": cfg.use_v_shift,
         "norm_eps": cfg.norm_eps,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id[0] if len(cfg.eos_token_id) == 1 else (cfg.eos_token_id or None),
-        "torch_dtype": cfg.torch_dtype,
+        **cfg.common_hf_fields(),
     }
 
 

@@ -106,11 +106,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
         "rope_scaling": cfg.rope_scaling,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id[0] if len(cfg.eos_token_id) == 1 else (cfg.eos_token_id or None),
-        "torch_dtype": cfg.torch_dtype,
+        **cfg.common_hf_fields(),
     }
     if cfg.model_type != "qwen2":
         out["attention_bias"] = False
