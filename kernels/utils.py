@@ -53,3 +53,17 @@ def fix_triton_interpreter_index() -> None:
 
     patched._index_fixed = True
     interpreter._patch_lang_tensor = patched
+
+
+def check_gate_cache(gc_cache: torch.Tensor, gates: torch.Tensor | None, B: int, Tmax: int, Tn: int,
+                     name: str) -> int:
+    """Validate a gate running-sum cache [B, Tmax, HQ] fp32 and the new tokens' gates [B, Tn, HQ]
+    (called ``name`` in messages) before a cache append; returns HQ."""
+    if gates is None:
+        raise ValueError(f"a gated cache needs gates {name}")
+    HQ = gc_cache.shape[2]
+    if gc_cache.shape != (B, Tmax, HQ) or gc_cache.dtype != torch.float32 or not gc_cache.is_contiguous():
+        raise ValueError("gc_cache must be contiguous fp32 [B, Tmax, HQ]")
+    if gates.shape != (B, Tn, HQ):
+        raise ValueError(f"{name} must be [B, Tn, HQ] = {(B, Tn, HQ)}, got {tuple(gates.shape)}")
+    return HQ

@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import cdiv, next_power_of_2, num_sms
+from kernels.utils import cdiv, check_gate_cache, next_power_of_2, num_sms
 
 LOG2E = tl.constexpr(1.4426950408889634)  # kernels work in exp2 / log2 units
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -500,13 +500,7 @@ def update_cache(
         raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
     use_g = gc_cache is not None
     if use_g:
-        if g is None:
-            raise ValueError("a gated cache needs gates g")
-        HQ = gc_cache.shape[2]
-        if gc_cache.shape != (B, Tmax, HQ) or gc_cache.dtype != torch.float32 or not gc_cache.is_contiguous():
-            raise ValueError("gc_cache must be contiguous fp32 [B, Tmax, HQ]")
-        if g.shape != (B, Tn, HQ):
-            raise ValueError(f"g must be [B, Tn, HQ] = {(B, Tn, HQ)}, got {tuple(g.shape)}")
+        HQ = check_gate_cache(gc_cache, g, B, Tmax, Tn, "g")
         g = g.contiguous()
     else:
         HQ = H

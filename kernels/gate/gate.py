@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import next_power_of_2
+from kernels.utils import check_gate_cache, next_power_of_2
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -100,13 +100,7 @@ def append_kv(
         v = v.contiguous()
     use_g = gc_cache is not None
     if use_g:
-        if f is None:
-            raise ValueError("a gated cache needs gate logits f")
-        HQ = gc_cache.shape[2]
-        if gc_cache.shape != (B, Tmax, HQ) or gc_cache.dtype != torch.float32 or not gc_cache.is_contiguous():
-            raise ValueError("gc_cache must be contiguous fp32 [B, Tmax, HQ]")
-        if f.shape != (B, Tn, HQ):
-            raise ValueError(f"f must be [B, Tn, HQ] = {(B, Tn, HQ)}, got {tuple(f.shape)}")
+        HQ = check_gate_cache(gc_cache, f, B, Tmax, Tn, "f (gate logits)")
         if f.stride(-1) != 1:
             f = f.contiguous()
         sfb, sft = f.stride(0), f.stride(1)
