@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 
 def next_power_of_2(n: int) -> int:
@@ -67,3 +69,23 @@ def check_gate_cache(gc_cache: torch.Tensor, gates: torch.Tensor | None, B: int,
     if gates.shape != (B, Tn, HQ):
         raise ValueError(f"{name} must be [B, Tn, HQ] = {(B, Tn, HQ)}, got {tuple(gates.shape)}")
     return HQ
+
+
+# --- shared Triton helpers ----------------------------------------------------------------------
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def dot(a, b, DOT_PREC: tl.constexpr):
+    # "upcast": the interpreter multiplies bf16 as raw integers, so it gets fp32 operands instead
+    if DOT_PREC == "upcast":
+        return dot_fp32(a, b)
+    else:
+        return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def dot_fp32(a, b):
+    return tl.dot(a.to(tl.float32), b.to(tl.float32))

@@ -1,0 +1,274 @@
+"""Backward Triton kernels of gated causal attention in parallel form (preprocess, dk/dv, dq); the math
+and the host side are in ``kernels.attn.parallel``."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.utils import LOG2E, dot
+
+
+@triton.jit
+def parallel_attn_bwd_kernel_preprocess(o, do, delta, N, K: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):
+    # delta_r = sum_d o_rd * do_rd for BR flattened rows (b, t, hq)
+    i_r = tl.program_id(0).to(tl.int64)
+    o_r = tl.arange(0, BR)
+    o_d = tl.arange(0, BK)
+    m_r = (i_r * BR + o_r) < N
+    m = m_r[:, None] & (o_d < K)[None, :]
+    p = i_r * BR * K + o_r[:, None] * K + o_d[None, :]
+    b_o = tl.load(o + p, mask=m, other=0.0).to(tl.float32)
+    b_do = tl.load(do + p, mask=m, other=0.0).to(tl.float32)
+    tl.store(delta + i_r * BR + o_r, tl.sum(b_o * b_do, 1), mask=m_r)
+
+
+@triton.jit
+def _dkdv_block(q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
+                o_k, qk_scale, HQ: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                USE_G: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """One query block [i_t, i_t + BT) of one query head against the program's key tile."""
+    o_t = tl.arange(0, BT)
+    o_d = tl.arange(0, BK)
+    o_q = i_t + o_t
+    m_q = o_q < TQ
+    m_qd = m_q[:, None] & (o_d < K)[None, :]
+    p_q = q + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    p_do = do + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_qd, other=0.0)
+    b_do = tl.load(p_do, mask=m_qd, other=0.0)
+    # rows beyond TQ get lse = +inf so that their probabilities are exactly 0
+    p_r = (bos_q + i_t) * HQ + i_hq + o_t * HQ
+    b_lse = tl.load(lse + p_r, mask=m_q, other=float("inf")) * LOG2E
+    b_delta = tl.load(delta + p_r, mask=m_q, other=0.0)
+    # [BS, BT] transposed scores s2_ji in base 2
+    b_sT = dot(b_k, tl.trans(b_q), DOT_PREC) * qk_scale
+    if USE_G:
+        b_gq = tl.load(gc + (bos_k + offset + i_t) * HQ + i_hq + o_t * HQ, mask=m_q, other=0.0) * LOG2E
+        b_sT += b_gq[None, :] - b_gk[:, None]
+    if MASKED:  # diagonal blocks: key j > query i gets probability 0
+        b_sT = tl.where((offset + o_q)[None, :] >= o_k[:, None], b_sT, float("-inf"))
+    # P^T_ji = exp2(s2_ij - lse2_i): the forward's normalized probabilities, recomputed
+    b_pT = tl.math.exp2(b_sT - b_lse[None, :])
+    b_dv += dot(b_pT.to(b_do.dtype), b_do, DOT_PREC)
+    b_dpT = dot(b_v, tl.trans(b_do), DOT_PREC)
+    b_dsT = b_pT * (b_dpT - b_delta[None, :])
+    b_dk += dot(b_dsT.to(b_q.dtype), b_q, DOT_PREC)
+    if USE_G:
+        b_dgk -= tl.sum(b_dsT, 1)
+    return b_dk, b_dv, b_dgk
+
+
+@triton.jit(do_not_specialize=["TQ", "TK"])
+def parallel_attn_bwd_kernel_dkdv(
+    q,
+    k,
+    v,
+    gc,
+    lse,
+    delta,
+    do,
+    dk,
+    dv,
+    dgc_k,
+    cu_seqlens,
+    chunk_indices,
+    scale,
+    TQ,
+    TK,
+    B: tl.constexpr,
+    H: tl.constexpr,
+    HQ: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BS: tl.constexpr,
+    BK: tl.constexpr,
+    USE_G: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    # axis 0 enumerates (key tile, batch x kv head); early key tiles see the most queries: first
+    i_p = tl.program_id(0).to(tl.int64)
+    i_bh = i_p % (B * H)
+    i_s = i_p // (B * H)
+    i_b, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_s * 2).to(tl.int64)
+        i_s = tl.load(chunk_indices + i_s * 2 + 1).to(tl.int64)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        TQ = eos - bos
+        TK = TQ
+        bos_q, bos_k = bos, bos
+    else:
+        bos_q, bos_k = i_b * TQ, i_b * TK
+    offset = TK - TQ
+    s0 = i_s * BS
+
+    o_t = tl.arange(0, BT)
+    o_s = tl.arange(0, BS)
+    o_d = tl.arange(0, BK)
+    o_k = s0 + o_s
+    m_k = o_k < TK
+    m_d = o_d < K
+    m_kd = m_k[:, None] & m_d[None, :]
+
+    p_k = k + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    p_v = v + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    b_k = tl.load(p_k, mask=m_kd, other=0.0)
+    b_v = tl.load(p_v, mask=m_kd, other=0.0)
+    b_dk = tl.zeros([BS, BK], dtype=tl.float32)
+    b_dv = tl.zeros([BS, BK], dtype=tl.float32)
+    qk_scale = scale * LOG2E
+
+    # query rows (indices into the TQ queries) that can see this tile: absolute position
+    # offset + r >= s0. Blocks starting before s0 + BS - offset overlap the diagonal (masked);
+    # blocks from i_unm on see every key of the tile (unmasked).
+    i_lo = (tl.maximum(s0 - offset, 0) // BT) * BT
+    i_unm = tl.minimum(((tl.maximum(s0 + BS - offset, 0) + BT - 1) // BT) * BT, TQ)
+
+    for i_g in range(G):
+        i_hq = i_h * G + i_g
+        b_dgk = tl.zeros([BS], dtype=tl.float32)
+        b_gk = tl.zeros([BS], dtype=tl.float32)
+        if USE_G:
+            p_gk = gc + (bos_k + s0) * HQ + i_hq + o_s * HQ
+            b_gk = tl.load(p_gk, mask=m_k, other=0.0).to(tl.float32) * LOG2E
+        # diagonal query blocks (causal mask), then the blocks that see every key of the tile
+        for i_t in range(i_lo, i_unm, BT):
+            b_dk, b_dv, b_dgk = _dkdv_block(
+                q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
+                o_k, qk_scale, HQ, K, BT, BK, USE_G, DOT_PREC, True)
+        for i_t in range(i_unm, TQ, BT):
+            b_dk, b_dv, b_dgk = _dkdv_block(
+                q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
+                o_k, qk_scale, HQ, K, BT, BK, USE_G, DOT_PREC, False)
+        if USE_G:
+            tl.store(dgc_k + (bos_k + s0) * HQ + i_hq + o_s * HQ, b_dgk, mask=m_k)
+
+    p_dk = dk + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    p_dv = dv + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    tl.store(p_dk, (b_dk * scale).to(p_dk.dtype.element_ty), mask=m_kd)
+    tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_kd)
+
+
+@triton.jit
+def _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK, o_qpos, qk_scale,
+              H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr,
+              USE_G: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """One key block [i_s, i_s + BS) against the program's query tile."""
+    o_s = tl.arange(0, BS)
+    o_d = tl.arange(0, BK)
+    o_k = i_s + o_s
+    m_k = o_k < TK
+    m_kd = m_k[:, None] & (o_d < K)[None, :]
+    p_k = k + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    p_v = v + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    b_k = tl.load(p_k, mask=m_kd, other=0.0)
+    b_v = tl.load(p_v, mask=m_kd, other=0.0)
+    b_s = dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
+    if USE_G:
+        b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ, mask=m_k, other=0.0).to(tl.float32) * LOG2E
+        b_s += b_gq[:, None] - b_gk[None, :]
+    if MASKED:  # diagonal blocks: key j > query i gets probability 0
+        b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
+    # P_ij = exp2(s2_ij - lse2_i): the forward's normalized probabilities
+    b_p = tl.math.exp2(b_s - b_lse[:, None])
+    b_dp = dot(b_do, tl.trans(b_v), DOT_PREC)
+    b_ds = b_p * (b_dp - b_delta[:, None])
+    b_dq += dot(b_ds.to(b_k.dtype), b_k, DOT_PREC)
+    if USE_G:
+        b_dgq += tl.sum(b_ds, 1)
+    return b_dq, b_dgq
+
+
+@triton.jit(do_not_specialize=["TQ", "TK", "NT"])
+def parallel_attn_bwd_kernel_dq(
+    q,
+    k,
+    v,
+    gc,
+    lse,
+    delta,
+    do,
+    dq,
+    dgc_k,
+    dgc,
+    cu_seqlens,
+    chunk_indices,
+    scale,
+    TQ,
+    TK,
+    NT,
+    B: tl.constexpr,
+    H: tl.constexpr,
+    HQ: tl.constexpr,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BS: tl.constexpr,
+    BK: tl.constexpr,
+    USE_G: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_p = tl.program_id(0).to(tl.int64)
+    i_bh = i_p % (B * HQ)
+    if not IS_VARLEN:
+        NT = tl.cdiv(TQ, BT)
+    i_t = NT - 1 - i_p // (B * HQ)
+    i_b, i_hq = i_bh // HQ, i_bh % HQ
+    i_h = i_hq // G
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        TQ = eos - bos
+        TK = TQ
+        bos_q, bos_k = bos, bos
+    else:
+        bos_q, bos_k = i_b * TQ, i_b * TK
+    offset = TK - TQ
+    t0 = i_t * BT
+
+    o_t = tl.arange(0, BT)
+    o_s = tl.arange(0, BS)
+    o_d = tl.arange(0, BK)
+    m_t = (t0 + o_t) < TQ
+    m_d = o_d < K
+    m_td = m_t[:, None] & m_d[None, :]
+    o_qpos = offset + t0 + o_t
+
+    p_q = q + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    p_do = do + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_td, other=0.0)
+    b_do = tl.load(p_do, mask=m_td, other=0.0)
+    p_r = (bos_q + t0) * HQ + i_hq + o_t * HQ
+    b_lse = tl.load(lse + p_r, mask=m_t, other=float("inf")) * LOG2E
+    b_delta = tl.load(delta + p_r, mask=m_t, other=0.0)
+    qk_scale = scale * LOG2E
+    b_gq = tl.zeros([BT], dtype=tl.float32)
+    b_dgq = tl.zeros([BT], dtype=tl.float32)
+    if USE_G:
+        p_gq = gc + (bos_k + offset + t0) * HQ + i_hq + o_t * HQ
+        b_gq = tl.load(p_gq, mask=m_t, other=0.0).to(tl.float32) * LOG2E
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+
+    # key blocks wholly before the tile's first query (no mask), then the diagonal blocks
+    i_diag = ((offset + t0) // BS) * BS
+    i_end = tl.minimum(offset + t0 + BT, TK)
+    for i_s in range(0, i_diag, BS):
+        b_dq, b_dgq = _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK,
+                                o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, DOT_PREC, False)
+    for i_s in range(i_diag, i_end, BS):
+        b_dq, b_dgq = _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK,
+                                o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, DOT_PREC, True)
+
+    tl.store(dq + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :],
+             (b_dq * scale).to(dq.dtype.element_ty), mask=m_td)
+    if USE_G:
+        p_g = (bos_k + offset + t0) * HQ + i_hq + o_t * HQ
+        b_dgk = tl.load(dgc_k + p_g, mask=m_t, other=0.0)
+        tl.store(dgc + p_g, b_dgk + b_dgq, mask=m_t)

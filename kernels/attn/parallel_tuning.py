@@ -1,0 +1,112 @@
+"""Block configurations of the parallel attention kernels: fixed per-head-dim blocks measured on an
+H100, and the autotuner behind GATEDGEN_AUTOTUNE=1."""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+from kernels.attn.parallel_bwd import parallel_attn_bwd_kernel_dkdv, parallel_attn_bwd_kernel_dq
+from kernels.attn.parallel_fwd import parallel_attn_fwd_kernel
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ----------------------------------------------------------------------------------------------
+# block configurations
+# ----------------------------------------------------------------------------------------------
+
+
+def _fwd_configs() -> list[triton.Config]:
+    if _INTERPRET:
+        return [triton.Config({"BT": 32, "BS": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=s)
+        for bt, bs, w, s in [
+            (128, 64, 8, 3),
+            (128, 128, 8, 3),
+            (128, 64, 4, 3),
+            (128, 32, 4, 4),
+            (64, 64, 4, 3),
+            (64, 32, 4, 3),
+        ]
+    ]
+
+
+def _bwd_configs() -> list[triton.Config]:
+    # dkdv: BS = key tile of the program, BT = query block of the inner loop.
+    # dq:   BT = query tile of the program, BS = key block of the inner loop.
+    if _INTERPRET:
+        return [triton.Config({"BT": 16, "BS": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=s)
+        for bt, bs, w, s in [
+            (32, 128, 8, 2),
+            (64, 128, 8, 2),
+            (32, 64, 4, 3),
+            (64, 64, 4, 3),
+            (16, 64, 4, 3),
+        ]
+    ]
+
+
+def _bwd_dq_configs() -> list[triton.Config]:
+    if _INTERPRET:
+        return [triton.Config({"BT": 32, "BS": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=s)
+        for bt, bs, w, s in [
+            (128, 32, 8, 2),
+            (128, 64, 8, 2),
+            (64, 32, 4, 3),
+            (64, 64, 4, 3),
+            (64, 16, 4, 3),
+        ]
+    ]
+
+
+def _fits(cfg: triton.Config, BK: int, n_acc: int) -> bool:
+    # skip tiles whose fp32 accumulators alone would exceed ~128 registers per thread
+    tile = max(cfg.kwargs["BT"], cfg.kwargs["BS"]) if n_acc == 2 else cfg.kwargs["BT"]
+    return tile * BK * n_acc <= 128 * 32 * cfg.num_warps
+
+
+def _prune(n_acc: int):
+    def prune(configs, named_args, **kwargs):
+        BK = named_args.get("BK", kwargs.get("BK"))
+        kept = [c for c in configs if _fits(c, BK, n_acc)]
+        return kept or configs[-1:]
+
+    return prune
+
+
+_fwd_tuned = triton.autotune(
+    configs=_fwd_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
+)(parallel_attn_fwd_kernel)
+_dkdv_tuned = triton.autotune(
+    configs=_bwd_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(2)}
+)(parallel_attn_bwd_kernel_dkdv)
+_dq_tuned = triton.autotune(
+    configs=_bwd_dq_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
+)(parallel_attn_bwd_kernel_dq)
+
+# Blocks per (kernel, padded head dim, gated): the winners of the autotuner above on an H100 at the
+# peers' shapes (T = 1k..16k, bf16). Set GATEDGEN_AUTOTUNE=1 to tune again (dense batches only: for
+# packed batches the tile list depends on the tile size).
+_AUTOTUNE = os.environ.get("GATEDGEN_AUTOTUNE") == "1" and not _INTERPRET
+_BLOCKS = {
+    # kind: {BK: (BT, BS, num_warps, num_stages)}
+    "fwd": {64: (128, 64, 4, 3), 128: (128, 32, 4, 4), 256: (64, 32, 4, 3)},
+    "dkdv": {64: (32, 64, 4, 3), 128: (16, 64, 4, 3), 256: (16, 32, 8, 2)},
+    "dq": {64: (64, 32, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2)},
+}
+_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+
+
+def _blocks(kind: str, BK: int) -> dict:
+    if _INTERPRET:
+        bt, bs, w, st = _BLOCKS_INTERPRET[kind]
+    else:
+        bt, bs, w, st = _BLOCKS[kind][max(BK, 64)]
+    return {"BT": bt, "BS": bs, "num_warps": w, "num_stages": st}
