@@ -50,10 +50,10 @@ import os
 import torch
 
 from kernels.attn.decoding_kernels import (
+    append_kv_kernel,
     decode_merge_kernel,
     decode_split_kernel,
     rebase_gate_kernel,
-    update_cache_kernel,
 )
 from kernels.utils import LOG2E, cdiv, check_gate_cache, next_power_of_2, num_sms
 
@@ -214,6 +214,55 @@ def decode_attn(
     return _decode_attn(q, k_cache, v_cache, gc_cache, cache_seqlens, scale)
 
 
+def _rows_ok(t: torch.Tensor, D: int) -> bool:
+    return t.stride(-1) == 1 and t.stride(-2) == D
+
+
+def append_kv(
+    k_cache: torch.Tensor,  # [B, Tmax, H, D]
+    v_cache: torch.Tensor,  # [B, Tmax, H, D]
+    gc_cache: torch.Tensor | None,  # [B, Tmax, HQ] fp32 contiguous
+    k: torch.Tensor,  # [B, Tn, H, D], may be a strided view
+    v: torch.Tensor,  # [B, Tn, H, D], may be a strided view
+    gates: torch.Tensor | None,  # [B, Tn, HQ] log gates, or forget-gate logits when ``logits``
+    cache_seqlens: torch.Tensor,  # int32 [B]
+    *,
+    logits: bool,
+) -> None:
+    """One launch appends Tn new tokens per sequence at cache_seqlens[b] .. + Tn - 1 and continues the
+    gates' running sums (``update_cache``; with ``logits`` the fused forget gate, kernels/gate).
+    Tokens that would land past Tmax are dropped (checking would need a host synchronisation)."""
+    B, Tn, H, D = k.shape
+    Tmax = k_cache.shape[1]
+    if k_cache.shape != (B, Tmax, H, D) or v_cache.shape != k_cache.shape or v.shape != k.shape:
+        raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} and caches {tuple(k_cache.shape)} disagree")
+    if not (_rows_ok(k_cache, D) and _rows_ok(v_cache, D)):
+        raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
+    if not _rows_ok(k, D):
+        k = k.contiguous()
+    if not _rows_ok(v, D):
+        v = v.contiguous()
+    use_g = gc_cache is not None
+    if use_g:
+        HQ = check_gate_cache(gc_cache, gates, B, Tmax, Tn, "f (gate logits)" if logits else "g")
+        if gates.stride(-1) != 1:
+            gates = gates.contiguous()
+        sgb, sgt = gates.stride(0), gates.stride(1)
+    else:
+        HQ, sgb, sgt, gates = H, 0, 0, k
+    if Tn == 0 or B == 0:
+        return
+    append_kv_kernel[(B, H)](
+        k_cache, v_cache, gc_cache, k, v, gates, cache_seqlens,
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), sgb, sgt,
+        Tmax, Tn,
+        H=H, HQ=HQ, G=HQ // H, D=D,
+        BT=min(64, max(16, next_power_of_2(Tn))), BD=max(16, next_power_of_2(D)),
+        BG=max(2, next_power_of_2(HQ // H)), USE_G=use_g, LOGITS=logits, num_warps=4,
+    )
+
+
 def update_cache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -227,47 +276,8 @@ def update_cache(
 
     k, v [B, Tn, H, D] go to positions cache_seqlens[b] .. + Tn - 1; gc_cache[b, L + t] =
     gc_cache[b, L - 1] + cumsum(g[b])[t] (0 before the first token). cache_seqlens is not modified.
-    Tokens that would land past Tmax are dropped (checking would need a host synchronisation).
     """
-    B, Tn, H, D = k.shape
-    Tmax = k_cache.shape[1]
-    if k_cache.shape != (B, Tmax, H, D) or v_cache.shape != k_cache.shape or v.shape != k.shape:
-        raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} and caches {tuple(k_cache.shape)} disagree")
-    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1 or k_cache.stride(2) != D or v_cache.stride(2) != D:
-        raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
-    use_g = gc_cache is not None
-    if use_g:
-        HQ = check_gate_cache(gc_cache, g, B, Tmax, Tn, "g")
-        g = g.contiguous()
-    else:
-        HQ = H
-    if Tn == 0:
-        return
-    G = HQ // H
-    update_cache_kernel[(B, H)](
-        k_cache,
-        v_cache,
-        gc_cache,
-        k.contiguous(),
-        v.contiguous(),
-        g,
-        cache_seqlens,
-        k_cache.stride(0),
-        k_cache.stride(1),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        Tmax,
-        Tn,
-        H=H,
-        HQ=HQ,
-        G=G,
-        D=D,
-        BT=min(64, max(16, next_power_of_2(Tn))),
-        BD=max(16, next_power_of_2(D)),
-        BG=next_power_of_2(G),
-        USE_G=use_g,
-        num_warps=4,
-    )
+    append_kv(k_cache, v_cache, gc_cache, k, v, g, cache_seqlens, logits=False)
 
 
 def rebase_gate_cache(gc_cache: torch.Tensor, cache_seqlens: torch.Tensor) -> None:

@@ -192,62 +192,54 @@ def decode_merge_kernel(
 
 
 @triton.jit
-def update_cache_kernel(
-    k_cache,
-    v_cache,
-    gc_cache,
-    k,
-    v,
-    g,
-    cache_seqlens,
-    stride_kb,
-    stride_kt,
-    stride_vb,
-    stride_vt,
-    Tmax,
-    TN,
-    H: tl.constexpr,
-    HQ: tl.constexpr,
-    G: tl.constexpr,
-    D: tl.constexpr,
-    BT: tl.constexpr,
-    BD: tl.constexpr,
-    BG: tl.constexpr,
-    USE_G: tl.constexpr,
+def append_kv_kernel(
+    k_cache, v_cache, gc_cache, k, v, f, cache_seqlens,
+    stride_kcb, stride_kct, stride_vcb, stride_vct,
+    stride_kb, stride_kt, stride_vb, stride_vt, stride_fb, stride_ft,
+    Tmax, TN,
+    H: tl.constexpr, HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BG: tl.constexpr, USE_G: tl.constexpr, LOGITS: tl.constexpr,
 ):
-    # program (b, h): keys/values of KV head h and the running sums of its G query heads
+    # program (b, h): keys/values of KV head h and the running sums of its G query heads; with LOGITS the
+    # gates arrive as forget-gate logits f and become g = logsigmoid(f) = min(f, 0) - log(1 + exp(-|f|))
     i_b, i_h = tl.program_id(0), tl.program_id(1)
     L = tl.load(cache_seqlens + i_b).to(tl.int32)
     o_d = tl.arange(0, BD)
     m_d = o_d < D
-    p_kc = k_cache + i_b.to(tl.int64) * stride_kb + i_h * D
-    p_vc = v_cache + i_b.to(tl.int64) * stride_vb + i_h * D
-    # while loops here and below: the CPU interpreter cannot take a run-time value as a range() bound
+    i_b64 = i_b.to(tl.int64)
+    p_kc = k_cache + i_b64 * stride_kcb + i_h * D
+    p_vc = v_cache + i_b64 * stride_vcb + i_h * D
+    p_k = k + i_b64 * stride_kb + i_h * D
+    p_v = v + i_b64 * stride_vb + i_h * D
+    # while loops: the CPU interpreter cannot take a run-time value as a range() bound
     i_t = 0
     while i_t < TN:
         o_t = i_t + tl.arange(0, BT)
-        m_t = (o_t < TN) & (L + o_t < Tmax)  # a full cache drops the overflow (no host check)
+        m_t = (o_t < TN) & (L + o_t < Tmax)
         m_td = m_t[:, None] & m_d[None, :]
-        o_src = ((i_b * TN + o_t).to(tl.int64) * H + i_h)[:, None] * D + o_d[None, :]
-        o_dst = (L + o_t)[:, None].to(tl.int64)
-        b_k = tl.load(k + o_src, mask=m_td, other=0.0)
-        b_v = tl.load(v + o_src, mask=m_td, other=0.0)
-        tl.store(p_kc + o_dst * stride_kt + o_d[None, :], b_k.to(k_cache.dtype.element_ty), mask=m_td)
-        tl.store(p_vc + o_dst * stride_vt + o_d[None, :], b_v.to(v_cache.dtype.element_ty), mask=m_td)
+        o_t64 = o_t.to(tl.int64)[:, None]
+        o_dst = (L + o_t).to(tl.int64)[:, None]
+        b_k = tl.load(p_k + o_t64 * stride_kt + o_d[None, :], mask=m_td, other=0.0)
+        b_v = tl.load(p_v + o_t64 * stride_vt + o_d[None, :], mask=m_td, other=0.0)
+        tl.store(p_kc + o_dst * stride_kct + o_d[None, :], b_k.to(k_cache.dtype.element_ty), mask=m_td)
+        tl.store(p_vc + o_dst * stride_vct + o_d[None, :], b_v.to(v_cache.dtype.element_ty), mask=m_td)
         i_t += BT
     if USE_G:
         o_g = tl.arange(0, BG)
         m_g = o_g < G
         i_hq = i_h * G + o_g
-        p_gc = gc_cache + i_b.to(tl.int64) * Tmax * HQ + i_hq
-        # running sum before the first new token: gc[L - 1], or 0 for an empty sequence
+        p_gc = gc_cache + i_b64 * Tmax * HQ + i_hq
         b_base = tl.load(p_gc + (L - 1) * HQ, mask=m_g & (L > 0), other=0.0)
         i_t = 0
         while i_t < TN:
             o_t = i_t + tl.arange(0, BT)
             m_t = o_t < TN
-            b_g = tl.load(g + (i_b * TN + o_t).to(tl.int64)[:, None] * HQ + i_hq[None, :],
-                          mask=m_t[:, None] & m_g[None, :], other=0.0).to(tl.float32)
+            m_tg = m_t[:, None] & m_g[None, :]
+            b_g = tl.load(f + i_b64 * stride_fb + o_t.to(tl.int64)[:, None] * stride_ft + i_hq[None, :],
+                          mask=m_tg, other=0.0).to(tl.float32)
+            if LOGITS:
+                b_g = tl.minimum(b_g, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(b_g)))
+                b_g = tl.where(m_tg, b_g, 0.0)
             b_c = tl.cumsum(b_g, 0)
             m_st = (m_t & (L + o_t < Tmax))[:, None] & m_g[None, :]
             tl.store(p_gc[None, :] + (L + o_t)[:, None] * HQ, b_base[None, :] + b_c, mask=m_st)
