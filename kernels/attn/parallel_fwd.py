@@ -9,6 +9,18 @@ import triton.language as tl
 from kernels.utils import LN2, LOG2E, dot
 
 
+@triton.jit
+def _online_softmax_step(b_s, b_v, b_m, b_l, b_o, DOT_PREC: tl.constexpr):
+    """Fold one key block's base-2 scores b_s [BT, BS] into the running max b_m, sum b_l and output
+    accumulator b_o: rescale the old sum and accumulator by exp2(m_old - m_new)."""
+    b_mn = tl.maximum(b_m, tl.max(b_s, 1))
+    b_r = tl.math.exp2(b_m - b_mn)
+    b_p = tl.math.exp2(b_s - b_mn[:, None])
+    b_l = b_l * b_r + tl.sum(b_p, 1)
+    b_o = b_o * b_r[:, None] + dot(b_p.to(b_v.dtype), b_v, DOT_PREC)
+    return b_mn, b_l, b_o
+
+
 @triton.jit(do_not_specialize=["TQ", "TK", "NT"])
 def parallel_attn_fwd_kernel(
     q,
@@ -90,13 +102,7 @@ def parallel_attn_fwd_kernel(
         if USE_G:
             b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ).to(tl.float32) * LOG2E
             b_s += b_gq[:, None] - b_gk[None, :]
-        # online softmax: new max, rescale the old sum and accumulator by exp2(m_old - m_new)
-        b_mn = tl.maximum(b_m, tl.max(b_s, 1))
-        b_r = tl.math.exp2(b_m - b_mn)
-        b_p = tl.math.exp2(b_s - b_mn[:, None])
-        b_l = b_l * b_r + tl.sum(b_p, 1)
-        b_o = b_o * b_r[:, None] + dot(b_p.to(b_v.dtype), b_v, DOT_PREC)
-        b_m = b_mn
+        b_m, b_l, b_o = _online_softmax_step(b_s, b_v, b_m, b_l, b_o, DOT_PREC)
 
     # keys [i_diag, i_end) overlap the diagonal: mask j > i and keys beyond TK.
     # every row keeps key i_diag <= its own position, so no row is all -inf after the first block.
@@ -112,12 +118,7 @@ def parallel_attn_fwd_kernel(
             b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ, mask=m_k, other=0.0).to(tl.float32) * LOG2E
             b_s += b_gq[:, None] - b_gk[None, :]
         b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
-        b_mn = tl.maximum(b_m, tl.max(b_s, 1))
-        b_r = tl.math.exp2(b_m - b_mn)
-        b_p = tl.math.exp2(b_s - b_mn[:, None])
-        b_l = b_l * b_r + tl.sum(b_p, 1)
-        b_o = b_o * b_r[:, None] + dot(b_p.to(b_v.dtype), b_v, DOT_PREC)
-        b_m = b_mn
+        b_m, b_l, b_o = _online_softmax_step(b_s, b_v, b_m, b_l, b_o, DOT_PREC)
 
     b_o = b_o / b_l[:, None]
     # natural-log lse = (m2 + log2 l) * ln 2
