@@ -31,6 +31,18 @@ class Step:
     seqlens: torch.Tensor  # int32 [B] lengths before this pass (device)
     seqlens_after: torch.Tensor  # int32 [B] lengths after this pass (device)
     positions: torch.Tensor  # int64 [B, T] absolute positions of the new tokens (for RoPE)
+    packed: Packed | None = None  # several prompts packed in one row (prefill of empty cache rows)
+    lengths_after: list[int] | None = None  # host lengths after a packed pass
+
+
+@dataclass
+class Packed:
+    """N prompts packed into one [1, total] pass, prompt i going to cache row rows[i] from position 0."""
+
+    cu_seqlens: torch.Tensor  # int32 [N + 1] prompt boundaries in the packed tokens
+    rows: torch.Tensor  # int64 [total] cache row of each packed token
+    pos: torch.Tensor  # int64 [total] position of each packed token in its row
+    starts: torch.Tensor  # int64 [total] packed index of the first token of each token's prompt
 
 
 @dataclass
@@ -61,6 +73,8 @@ class AttentionBackend:
             if f is not None:
                 g = torch.nn.functional.logsigmoid(f.float())
             return self.ops.parallel_attn(q, k, v, g)
+        if step.packed is not None:
+            return self._attend_packed(q, k, v, g, f, cache, step.packed)
         if f is not None:  # logsigmoid, running sum and append in one pass (kernels/gate)
             self.gate_ops.append_kv(cache.k, cache.v, cache.gc, k, v, f, step.seqlens)
         else:
@@ -74,6 +88,20 @@ class AttentionBackend:
             return self.ops.parallel_attn(q, k, v, gc=cache.gc[:, :end])
         gc = cache.gc[:, :end] if cache.gc is not None else None
         return self.ops.parallel_attn(q, cache.k[:, :end], cache.v[:, :end], gc=gc)
+
+
+    def _attend_packed(self, q, k, v, g, f, cache: LayerCache, p: Packed) -> torch.Tensor:
+        """Varlen prefill: scatter each prompt's keys, values and running sums (restarted per prompt)
+        into its cache row, and attend within each prompt (cu_seqlens)."""
+        if f is not None:
+            g = torch.nn.functional.logsigmoid(f.float())
+        cache.k[p.rows, p.pos] = k[0]  # [total, H, D]
+        cache.v[p.rows, p.pos] = v[0]
+        if cache.gc is not None:
+            total = torch.cumsum(g[0].double(), dim=0)  # [total, HQ] over all prompts
+            before = torch.cat([total.new_zeros(1, total.shape[1]), total])[p.starts]  # sum before the prompt
+            cache.gc[p.rows, p.pos] = (total - before).float()
+        return self.ops.parallel_attn(q, k, v, g, cu_seqlens=p.cu_seqlens)
 
 
 def get_backend(name: str = "auto") -> AttentionBackend:

@@ -3,9 +3,10 @@
     results = generate_batch(model, tokenizer, ["Once upon", "The capital of France is"], settings)
     results[0].text, results[0].finish_reason, results[0].tokens
 
-Each prompt is prefilled into its own row of one preallocated cache (``KVCache.row``: a batch-1
-view, so a prompt's prefill is exactly the pass it would get alone, chunked like a Session's), then
-all rows decode together: one ragged decode step per token (each row at its own length; the decode
+Prompts are prefilled into their own rows of one preallocated cache, many at a time in packed
+varlen passes (``CausalLM.prefill_packed``: each prompt attends only to itself and its running gate
+sums restart), long prompts alone in chunks (``KVCache.row``: a batch-1 view); then all rows decode
+together: one ragged decode step per token (each row at its own length; the decode
 kernel reads lengths on the device), captured as a CUDA graph on CUDA (``gatedgen.engine``). The
 batch runs in the smallest graph bucket that holds it; spare rows decode a dummy token and are
 dropped. Rows that finish keep stepping (their tokens are ignored) until every row is done.
@@ -68,20 +69,43 @@ class _Row:
         self.done = reason
 
 
+# Most tokens in one packed (varlen) prefill pass.
+PACK_TOKENS = 8192
+
+
 @torch.inference_mode()
 def prefill_rows(model: CausalLM, cache, prompts: list[list[int]]) -> torch.Tensor:
-    """Prefill prompt b into row b of ``cache`` (chunked); logits after each prompt's last token, [N, V]."""
-    out = []
+    """Prefill prompt b into row b of ``cache``; logits after each prompt's last token, [N, V].
+
+    Prompts go in packed varlen passes of up to PACK_TOKENS tokens (one launch per kernel for many
+    prompts); a prompt longer than PREFILL_CHUNK, or a model with a key/value shift, is prefilled
+    alone in chunks through a batch-1 view of its row.
+    """
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    packable = cache.k_pre is None and cache.v_pre is None
+    group: list[int] = []
+
+    def flush() -> None:
+        if group:
+            logits = model.prefill_packed([prompts[b] for b in group], cache, list(group))  # [n, V]
+            for i, b in enumerate(group):
+                out[b] = logits[i]
+            group.clear()
+
     for b, ids in enumerate(prompts):
+        if packable and len(ids) <= PREFILL_CHUNK and cache.lengths[b] == 0:
+            if sum(len(prompts[i]) for i in group) + len(ids) > PACK_TOKENS:
+                flush()
+            group.append(b)
+            continue
         row = cache.row(b)
-        logits = None
         for i in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[i : i + PREFILL_CHUNK]
             x = torch.tensor([chunk], dtype=torch.long, device=cache.seqlens.device)
-            logits = model(x, row, mode="prefill", last_only=True)[:, -1]
+            out[b] = model(x, row, mode="prefill", last_only=True)[0, -1]
         cache.lengths[b] = row.lengths[0]
-        out.append(logits)
-    return torch.cat(out, dim=0)
+    flush()
+    return torch.stack(out)
 
 
 def generate_batch(

@@ -7,7 +7,7 @@ import copy
 import torch
 
 import kernels
-from gatedgen.attention import MAX_DECODE_TOKENS, LayerCache, Step
+from gatedgen.attention import MAX_DECODE_TOKENS, LayerCache, Packed, Step
 from gatedgen.config import ModelConfig
 from gatedgen.errors import GatedgenError
 
@@ -75,10 +75,36 @@ class KVCache:
             positions=self.seqlens.long()[:, None] + offsets[None, :],
         )
 
+    def begin_packed(self, rows: list[int], lens: list[int]) -> Step:
+        """Plan one pass that prefills prompt i (lens[i] tokens) into the empty row rows[i]."""
+        if self.k_pre is not None or self.v_pre is not None:
+            raise GatedgenError("packed prefill does not support the key/value shift (FoX Pro)")
+        if any(self.lengths[r] for r in rows) or len(set(rows)) != len(rows) or min(lens) < 1:
+            raise GatedgenError("packed prefill needs distinct empty rows and non-empty prompts")
+        if max(lens) > self.max_len:
+            raise GatedgenError(f"context full: a {max(lens)}-token prompt > {self.max_len}")
+        dev = self.seqlens.device
+        n = torch.tensor(lens, device=dev)
+        cu = torch.zeros(len(lens) + 1, dtype=torch.int32, device=dev)
+        cu[1:] = torch.cumsum(n, 0)
+        pos = torch.cat([torch.arange(m, device=dev) for m in lens])
+        after = self.seqlens.clone()
+        after[torch.tensor(rows, device=dev)] = n.to(torch.int32)
+        lengths_after = list(self.lengths)
+        for r, m in zip(rows, lens):
+            lengths_after[r] = m
+        packed = Packed(cu_seqlens=cu, rows=torch.tensor(rows, device=dev).repeat_interleave(n), pos=pos,
+                        starts=cu[:-1].long().repeat_interleave(n))
+        return Step(decode=False, start=0, seqlens=self.seqlens, seqlens_after=after, positions=pos[None],
+                    packed=packed, lengths_after=lengths_after)
+
     def commit(self, step: Step, num_new: int) -> None:
         """Advance the lengths after every layer has appended its keys and values."""
         self.seqlens.copy_(step.seqlens_after)
-        self.lengths = [n + num_new for n in self.lengths]
+        if step.lengths_after is not None:
+            self.lengths = list(step.lengths_after)
+        else:
+            self.lengths = [n + num_new for n in self.lengths]
 
     def row(self, b: int) -> KVCache:
         """A batch-1 view of sequence ``b`` sharing this cache's storage (prefill one prompt of a

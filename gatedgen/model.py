@@ -225,14 +225,25 @@ class CausalLM(nn.Module):
     ) -> torch.Tensor:  # [B, T or 1, V] fp32
         T = input_ids.shape[1]
         step = cache.begin(T, mode) if cache is not None else None
+        return self._run(input_ids, cache, step, slice(-1, None) if last_only else slice(None))
+
+    def prefill_packed(self, prompts: list[list[int]], cache: KVCache, rows: list[int]) -> torch.Tensor:
+        """Prefill several prompts in one varlen pass, prompt i into the empty cache row rows[i];
+        returns the logits after each prompt's last token, [N, V] fp32."""
+        step = cache.begin_packed(rows, [len(p) for p in prompts])
+        ids = torch.tensor([[t for p in prompts for t in p]], device=cache.seqlens.device)  # [1, total]
+        last = step.packed.cu_seqlens[1:].long() - 1  # [N] packed index of each prompt's last token
+        return self._run(ids, cache, step, last)[0]
+
+    def _run(self, input_ids: torch.Tensor, cache: KVCache | None, step, keep) -> torch.Tensor:
+        """Embed, run the blocks (appending to the cache), then logits at the positions ``keep``."""
         x = self.model.embeddings(input_ids)  # [B, T, C]
         residual = None
         for i, block in enumerate(self.model.layers):
             x, residual = block(x, residual, cache, i, step)
         if cache is not None:
-            cache.commit(step, T)
-        if last_only:
-            x, residual = x[:, -1:], residual[:, -1:]
+            cache.commit(step, input_ids.shape[1])
+        x, residual = x[:, keep], residual[:, keep]
         x, _ = self.model.norm(x, residual)
         return F.linear(x, self.output_weight).float()
 

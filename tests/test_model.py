@@ -108,3 +108,29 @@ def test_sharded_save_round_trip(ckpt, tmp_path):
     assert torch.equal(model(ids), load_model(tmp_path / "sharded", backend="reference")(ids))
     save_model(model, tmp_path / "bf16", dtype=torch.bfloat16)
     assert load_model(tmp_path / "bf16", dtype="bfloat16").output_weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_forget_gate": False, "rope_theta": 10000.0}], ids=["fox", "rope"])
+def test_packed_prefill_equals_separate_prefills(tmp_path, overrides):
+    """Several prompts in one varlen pass: same logits and the same cache rows as one by one."""
+    model = load_model(make_checkpoint(tmp_path, seed=4, **overrides), backend="reference")
+    prompts = [torch.randint(0, 300, (n,)).tolist() for n in (7, 1, 19)]
+    packed = model.new_cache(4, 32)
+    logits = model.prefill_packed([prompts[0], prompts[2]], packed, rows=[3, 1])  # rows in any order
+    logits_b = model.prefill_packed([prompts[1]], packed, rows=[0])
+    assert packed.lengths == [1, 19, 0, 7] and packed.seqlens.tolist() == [1, 19, 0, 7]
+    for row, ids, got in ((3, prompts[0], logits[0]), (1, prompts[2], logits[1]), (0, prompts[1], logits_b[0])):
+        alone = model.new_cache(1, 32)
+        want = model(torch.tensor([ids]), alone, last_only=True)[0, -1]
+        assert (got - want).abs().max() <= 1e-4
+        n = len(ids)
+        assert torch.allclose(packed.k[:, row, :n], alone.k[:, 0, :n], atol=1e-5)
+        if alone.gc is not None:
+            assert torch.allclose(packed.gc[:, row, :n], alone.gc[:, 0, :n], atol=1e-4)
+    # then all rows decode together, as each would alone
+    nxt = torch.randint(0, 300, (4, 1))
+    packed.lengths[2] = 0  # the unused row decodes a dummy token from an empty cache
+    out = model(nxt, packed)
+    alone = model.new_cache(1, 32)
+    model(torch.tensor([prompts[2]]), alone)
+    assert (out[1] - model(nxt[1:2], alone)[0]).abs().max() <= 1e-4
