@@ -128,11 +128,7 @@ def test_cache_paths_truncate_and_ragged_batch(ckpt):
     # ragged batch: row 0 holds 9 tokens, row 1 holds 13; one decode step serves both
     ragged = model.new_cache(2, 40)
     for row, n in ((0, 9), (1, 13)):
-        sub = model.new_cache(1, 40)
-        for name in ("k", "v", "gc", "k_pre", "v_pre"):
-            t = getattr(ragged, name)
-            setattr(sub, name, t[:, row : row + 1] if t is not None else None)
-        sub.seqlens = ragged.seqlens[row : row + 1]
+        sub = ragged.row(row)
         model(ids[row : row + 1, :n], sub)
         ragged.lengths[row] = sub.lengths[0]
     nxt = torch.stack([ids[0, 9:10], ids[1, 13:14]])

@@ -49,11 +49,7 @@ def test_ragged_batch_decode(ckpt):
     # fill the batch cache one sequence at a time through single-sequence views
     for row, seq in ((0, a), (1, b)):
         for t in range(seq.shape[1]):
-            sub = model.new_cache(1, 32)
-            sub.k, sub.v = cache.k[:, row : row + 1], cache.v[:, row : row + 1]
-            sub.gc = cache.gc[:, row : row + 1]
-            sub.seqlens = cache.seqlens[row : row + 1]
-            sub.lengths = [cache.lengths[row]]
+            sub = cache.row(row)
             model(seq[:, t : t + 1], sub)
             cache.lengths[row] = sub.lengths[0]
     nxt = torch.randint(0, 300, (2, 1))
