@@ -89,3 +89,21 @@ def dot(a, b, DOT_PREC: tl.constexpr):
 @triton.jit
 def dot_fp32(a, b):
     return tl.dot(a.to(tl.float32), b.to(tl.float32))
+
+
+@triton.jit
+def tile_rows(chunk_indices, cu_seqlens, i_tile, i_b, TQ, TK, IS_VARLEN: tl.constexpr):
+    """Where a parallel-attention program's tile lives: (tile index within its sequence, first query
+    row, first key row, TQ, TK). Packed sequences look (sequence, tile) up in chunk_indices and take
+    their bounds from cu_seqlens; dense batches offset rows by the batch index."""
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_tile * 2).to(tl.int64)
+        i_tile = tl.load(chunk_indices + i_tile * 2 + 1).to(tl.int64)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        TQ = eos - bos
+        TK = TQ
+        bos_q, bos_k = bos, bos
+    else:
+        bos_q, bos_k = i_b * TQ, i_b * TK
+    return i_tile, bos_q, bos_k, TQ, TK

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.utils import LOG2E, dot
+from kernels.utils import LOG2E, dot, tile_rows
 
 
 @triton.jit
@@ -93,20 +93,10 @@ def parallel_attn_bwd_kernel_dkdv(
     i_bh = i_p % (B * H)
     i_s = i_p // (B * H)
     i_b, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        i_n = tl.load(chunk_indices + i_s * 2).to(tl.int64)
-        i_s = tl.load(chunk_indices + i_s * 2 + 1).to(tl.int64)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        TQ = eos - bos
-        TK = TQ
-        bos_q, bos_k = bos, bos
-    else:
-        bos_q, bos_k = i_b * TQ, i_b * TK
+    i_s, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_s, i_b, TQ, TK, IS_VARLEN)
     offset = TK - TQ
     s0 = i_s * BS
 
-    o_t = tl.arange(0, BT)
     o_s = tl.arange(0, BS)
     o_d = tl.arange(0, BK)
     o_k = s0 + o_s
@@ -220,21 +210,11 @@ def parallel_attn_bwd_kernel_dq(
     i_t = NT - 1 - i_p // (B * HQ)
     i_b, i_hq = i_bh // HQ, i_bh % HQ
     i_h = i_hq // G
-    if IS_VARLEN:
-        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        TQ = eos - bos
-        TK = TQ
-        bos_q, bos_k = bos, bos
-    else:
-        bos_q, bos_k = i_b * TQ, i_b * TK
+    i_t, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_t, i_b, TQ, TK, IS_VARLEN)
     offset = TK - TQ
     t0 = i_t * BT
 
     o_t = tl.arange(0, BT)
-    o_s = tl.arange(0, BS)
     o_d = tl.arange(0, BK)
     m_t = (t0 + o_t) < TQ
     m_d = o_d < K

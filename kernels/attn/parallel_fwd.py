@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.utils import LN2, LOG2E, dot
+from kernels.utils import LN2, LOG2E, dot, tile_rows
 
 
 @triton.jit
@@ -55,16 +55,7 @@ def parallel_attn_fwd_kernel(
     i_t = NT - 1 - i_p // (B * HQ)
     i_b, i_hq = i_bh // HQ, i_bh % HQ
     i_h = i_hq // G
-    if IS_VARLEN:
-        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        TQ = eos - bos
-        TK = TQ
-        bos_q, bos_k = bos, bos
-    else:
-        bos_q, bos_k = i_b * TQ, i_b * TK
+    i_t, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_t, i_b, TQ, TK, IS_VARLEN)
     # queries are the last TQ of TK positions: query row r sits at absolute position offset + r
     offset = TK - TQ
     t0 = i_t * BT
