@@ -18,52 +18,21 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # ----------------------------------------------------------------------------------------------
 
 
-def _fwd_configs() -> list[triton.Config]:
-    if _INTERPRET:
-        return [triton.Config({"BT": 32, "BS": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=s)
-        for bt, bs, w, s in [
-            (128, 64, 8, 3),
-            (128, 128, 8, 3),
-            (128, 64, 4, 3),
-            (128, 32, 4, 4),
-            (64, 64, 4, 3),
-            (64, 32, 4, 3),
-        ]
-    ]
+# Autotuner candidates per kernel: (BT, BS, num_warps, num_stages).
+# dkdv: BS = key tile of the program, BT = query block of the inner loop.
+# dq:   BT = query tile of the program, BS = key block of the inner loop.
+_CANDIDATES = {
+    "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 3)],
+    "dkdv": [(32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 3)],
+    "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 3)],
+}
+# The one block per kernel under the CPU interpreter (small and fast).
+_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
 
 
-def _bwd_configs() -> list[triton.Config]:
-    # dkdv: BS = key tile of the program, BT = query block of the inner loop.
-    # dq:   BT = query tile of the program, BS = key block of the inner loop.
-    if _INTERPRET:
-        return [triton.Config({"BT": 16, "BS": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=s)
-        for bt, bs, w, s in [
-            (32, 128, 8, 2),
-            (64, 128, 8, 2),
-            (32, 64, 4, 3),
-            (64, 64, 4, 3),
-            (16, 64, 4, 3),
-        ]
-    ]
-
-
-def _bwd_dq_configs() -> list[triton.Config]:
-    if _INTERPRET:
-        return [triton.Config({"BT": 32, "BS": 16}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=s)
-        for bt, bs, w, s in [
-            (128, 32, 8, 2),
-            (128, 64, 8, 2),
-            (64, 32, 4, 3),
-            (64, 64, 4, 3),
-            (64, 16, 4, 3),
-        ]
-    ]
+def _configs(kind: str) -> list[triton.Config]:
+    candidates = [_BLOCKS_INTERPRET[kind]] if _INTERPRET else _CANDIDATES[kind]
+    return [triton.Config({"BT": bt, "BS": bs}, num_warps=w, num_stages=st) for bt, bs, w, st in candidates]
 
 
 def _fits(cfg: triton.Config, BK: int, n_acc: int) -> bool:
@@ -82,13 +51,13 @@ def _prune(n_acc: int):
 
 
 _fwd_tuned = triton.autotune(
-    configs=_fwd_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
+    configs=_configs("fwd"), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
 )(parallel_attn_fwd_kernel)
 _dkdv_tuned = triton.autotune(
-    configs=_bwd_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(2)}
+    configs=_configs("dkdv"), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(2)}
 )(parallel_attn_bwd_kernel_dkdv)
 _dq_tuned = triton.autotune(
-    configs=_bwd_dq_configs(), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
+    configs=_configs("dq"), key=["BK", "G", "USE_G", "DOT_PREC"], prune_configs_by={"early_config_prune": _prune(1)}
 )(parallel_attn_bwd_kernel_dq)
 
 # Blocks per (kernel, padded head dim, gated): the winners of the autotuner above on an H100 at the
@@ -101,7 +70,6 @@ _BLOCKS = {
     "dkdv": {64: (32, 64, 4, 3), 128: (16, 64, 4, 3), 256: (16, 32, 8, 2)},
     "dq": {64: (64, 32, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2)},
 }
-_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
 
 
 def _blocks(kind: str, BK: int) -> dict:
