@@ -21,9 +21,8 @@ import torch
 
 from gatedgen.engine import Decoder, batch_bucket
 from gatedgen.errors import GatedgenError
-from gatedgen.generate import PREFILL_CHUNK, REBASE_EVERY, GenerationSettings
+from gatedgen.generate import PREFILL_CHUNK, REBASE_EVERY, GenerationSettings, TokenText
 from gatedgen.model import CausalLM
-from gatedgen.stops import StopMatcher
 
 
 @dataclass
@@ -44,29 +43,16 @@ class BatchStats:
 
 
 class _Row:
-    def __init__(self, tokenizer, settings: GenerationSettings):
-        self.stream = tokenizer.stream()
-        self.stops = StopMatcher(settings.stop)
+    def __init__(self, tokenizer, settings: GenerationSettings, eos_ids: set[int]):
+        self.text_of = TokenText(tokenizer, settings, eos_ids)
         self.text: list[str] = []
         self.tokens: list[int] = []
         self.done: str | None = None
 
-    def push(self, token: int, eos_ids: set[int], settings: GenerationSettings) -> None:
+    def push(self, token: int) -> None:
         self.tokens.append(token)
-        if (token in eos_ids and not settings.ignore_eos) or token in settings.stop_token_ids:
-            self._finish("stop")
-            return
-        text, hit = self.stops.push(self.stream.push(token))
+        text, self.done = self.text_of.push(token)
         self.text.append(text)
-        if hit:
-            self.done = "stop"
-        elif len(self.tokens) >= settings.max_tokens:
-            self._finish("length")
-
-    def _finish(self, reason: str) -> None:
-        tail, hit = self.stops.push(self.stream.flush())
-        self.text.append(tail if hit else tail + self.stops.flush())
-        self.done = reason
 
 
 # Most tokens in one packed (varlen) prefill pass.
@@ -134,7 +120,7 @@ def generate_batch(
     decoder.capture(params)  # start-up: outside the timed part
     sampler.prime(ids + [[] for _ in range(B - n)])
     eos_ids = set(getattr(tokenizer, "eos_token_ids", [])) | set(model.cfg.eos_token_id)
-    rows = [_Row(tokenizer, settings) for _ in range(n)]
+    rows = [_Row(tokenizer, settings, eos_ids) for _ in range(n)]
     stats = stats if stats is not None else BatchStats()
     stats.prompt_tokens = sum(len(x) for x in ids)
 
@@ -150,7 +136,7 @@ def generate_batch(
     while True:
         for b, row in enumerate(rows):
             if row.done is None:
-                row.push(tokens[b], eos_ids, settings)
+                row.push(tokens[b])
                 stats.generated_tokens += 1
         if all(r.done for r in rows) or max(cache.lengths) + 1 >= cache.max_len:
             break

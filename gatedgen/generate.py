@@ -140,8 +140,7 @@ class Session:
         logits = self._feed(new)
         next_ids = sampler(logits)  # [1] on the device
         stats.prompt_tokens = len(new)
-        stream = self.tokenizer.stream()
-        stops = StopMatcher(settings.stop)
+        text_of = TokenText(self.tokenizer, settings, self.eos_ids)
         decode_start = start
         while True:
             token = int(next_ids[0])  # the one host synchronisation per step
@@ -152,17 +151,10 @@ class Session:
             else:
                 stats.decode_seconds = now - decode_start
             stats.generated_tokens += 1
-            if (token in self.eos_ids and not settings.ignore_eos) or token in settings.stop_token_ids:
-                yield Response(_drain(stream, stops), token, "stop", stats)
+            text, finish = text_of.push(token, context_full=len(self.tokens) + 1 >= self.max_context)
+            yield Response(text, token, finish, stats)
+            if finish is not None:
                 return
-            text, hit = stops.push(stream.push(token))
-            if hit:
-                yield Response(text, token, "stop", stats)
-                return
-            if stats.generated_tokens >= settings.max_tokens or len(self.tokens) + 1 >= self.max_context:
-                yield Response(text + _drain(stream, stops), token, "length", stats)
-                return
-            yield Response(text, token, None, stats)
             next_ids = self._decode(next_ids, token, settings)
 
     def _decode(self, ids: torch.Tensor, token: int, settings: GenerationSettings) -> torch.Tensor:
@@ -174,10 +166,33 @@ class Session:
         return next_ids
 
 
-def _drain(stream, stops: StopMatcher) -> str:
-    """Text still held by the detokenizer and the stop matcher when generation ends."""
-    tail, hit = stops.push(stream.flush())
-    return tail if hit else tail + stops.flush()
+class TokenText:
+    """Sampled tokens -> printable text, and when generation ends: an EOS or stop token (not printed),
+    a stop string (never printed; text that may still become one is held back), the token limit."""
+
+    def __init__(self, tokenizer: Tokenizer, settings: GenerationSettings, eos_ids: set[int]):
+        self.stream = tokenizer.stream()
+        self.stops = StopMatcher(settings.stop)
+        self.settings, self.eos_ids = settings, eos_ids
+        self.count = 0
+
+    def push(self, token: int, context_full: bool = False) -> tuple[str, str | None]:
+        """(text to print now, finish reason or None)."""
+        self.count += 1
+        s = self.settings
+        if (token in self.eos_ids and not s.ignore_eos) or token in s.stop_token_ids:
+            return self._drain(), "stop"
+        text, hit = self.stops.push(self.stream.push(token))
+        if hit:
+            return text, "stop"
+        if self.count >= s.max_tokens or context_full:
+            return text + self._drain(), "length"
+        return text, None
+
+    def _drain(self) -> str:
+        """Text still held by the detokenizer and the stop matcher when generation ends."""
+        tail, hit = self.stops.push(self.stream.flush())
+        return tail if hit else tail + self.stops.flush()
 
 
 def generate_text(session: Session, prompt: str, settings: GenerationSettings) -> str:
