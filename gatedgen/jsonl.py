@@ -94,14 +94,16 @@ def _generate_one(session: Session, request: Request) -> dict[str, Any]:
             "generated_tokens": last.stats.generated_tokens}
 
 
-BATCH_SIZE = 32  # requests decoded together on CUDA
+BATCH_SIZE = 32  # requests decoded together on CUDA (continuous batching: a finished row takes the next)
+GROUP_SIZE = 1024  # most requests read ahead into one continuous batch
 
 
 def generate_all(session: Session, requests: Iterable[Request],
                  batched: bool | None = None) -> Iterator[tuple[Request, dict[str, Any]]]:
     """Results in input order. On CUDA (or ``batched=True``), runs of consecutive valid requests with
-    the same settings go through ``gatedgen.batch.generate_batch`` together (one sampler and seed per
-    batch); otherwise one by one on the session (shared prompt prefixes reused from its cache)."""
+    the same settings go through ``gatedgen.batch.generate_stream`` together (BATCH_SIZE rows, one
+    sampler and seed per run); otherwise one by one on the session (shared prompt prefixes reused from
+    its cache)."""
     if batched is None:
         batched = session.device.type == "cuda"
     if not batched:
@@ -112,7 +114,7 @@ def generate_all(session: Session, requests: Iterable[Request],
     group: list[Request] = []
     for request in requests:
         if group and (request.error is not None or request.settings != group[0].settings
-                      or len(group) == BATCH_SIZE):
+                      or len(group) == GROUP_SIZE):
             yield from _run_batch(session, group)
             group = []
         if request.error is not None:
@@ -131,17 +133,23 @@ def _guard(fn, session: Session, request: Request) -> dict[str, Any]:
 
 
 def _run_batch(session: Session, group: list[Request]) -> Iterator[tuple[Request, dict[str, Any]]]:
-    from gatedgen.batch import generate_batch
+    from gatedgen.batch import generate_stream
 
+    done: dict[int, dict[str, Any]] = {}
+    emitted = 0
     try:
-        results = generate_batch(session.model, session.tokenizer, [r.ids for r in group], group[0].settings)
+        stream = generate_stream(session.model, session.tokenizer, [r.ids for r in group], group[0].settings,
+                                 batch_size=min(BATCH_SIZE, len(group)),
+                                 max_prompt_tokens=max(len(r.ids) for r in group))
+        for index, result in stream:
+            done[index] = {"text": result.text, "finish_reason": result.finish_reason,
+                           "prompt_tokens": len(group[index].ids), "generated_tokens": len(result.tokens)}
+            while emitted in done:  # in input order
+                yield group[emitted], done.pop(emitted)
+                emitted += 1
     except GatedgenError as e:
-        for request in group:
+        for request in group[emitted:]:
             yield request, _error(f"line {request.line}: {e}")
-        return
-    for request, result in zip(group, results):
-        yield request, {"text": result.text, "finish_reason": result.finish_reason,
-                        "prompt_tokens": len(request.ids), "generated_tokens": len(result.tokens)}
 
 
 def _error(message: str) -> dict[str, Any]:

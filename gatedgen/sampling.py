@@ -148,12 +148,23 @@ class Sampler:
             index = torch.tensor(ids, dtype=torch.long, device=self.device)
             self.seen[row].index_fill_(0, index, True)
 
-    def filter_logits(self, logits: Tensor) -> Tensor:
-        """Logits [B, V] after the repetition penalty, temperature, top-k, top-p and min-p (fp32)."""
+    def reset_rows(self, rows: list[int], prompt_ids: list[list[int]]) -> None:
+        """Start new sequences in ``rows`` (continuous batching): forget what those rows saw and mark
+        their prompts (host-side, before their first token is sampled)."""
+        if self.params.repetition_penalty == 1.0:
+            return  # ``seen`` is only read by the repetition penalty
+        for row, ids in zip(rows, prompt_ids):
+            self.seen[row] = False
+            if ids:
+                self.seen[row].index_fill_(0, torch.tensor(ids, dtype=torch.long, device=self.device), True)
+
+    def filter_logits(self, logits: Tensor, seen: Tensor | None = None) -> Tensor:
+        """Logits [B, V] after the repetition penalty, temperature, top-k, top-p and min-p (fp32);
+        ``seen`` [B, V] defaults to the sampler's own mask."""
         p = self.params
         logits = logits.float()
         if p.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, self.seen, p.repetition_penalty)
+            logits = apply_repetition_penalty(logits, self.seen if seen is None else seen, p.repetition_penalty)
         if p.greedy:
             return logits
         if p.temperature != 1.0:
@@ -172,10 +183,17 @@ class Sampler:
             raise ValueError(
                 f"logits shape {tuple(logits.shape)} != (batch {self.batch_size}, vocab {self.vocab_size})"
             )
-        logits = self.filter_logits(logits)
-        if self.params.greedy:
-            ids = torch.argmax(logits, dim=-1)
-        else:
-            ids = sample_from_probs(torch.softmax(logits, dim=-1), self.generator)
+        ids = self._draw(self.filter_logits(logits))
         self.seen.scatter_(1, ids[:, None], True)
         return ids
+
+    def sample_rows(self, logits: Tensor, rows: Tensor) -> Tensor:
+        """Next ids [n] for some rows only: logits [n, V] belong to rows ``rows`` [n] (device int64)."""
+        ids = self._draw(self.filter_logits(logits, self.seen[rows]))
+        self.seen[rows, ids] = True
+        return ids
+
+    def _draw(self, logits: Tensor) -> Tensor:
+        if self.params.greedy:
+            return torch.argmax(logits, dim=-1)
+        return sample_from_probs(torch.softmax(logits, dim=-1), self.generator)

@@ -24,9 +24,18 @@ CHATML = (
 )
 
 
+def corpus_files(path: str | Path) -> list[Path]:
+    """A corpus is one .jsonl.gz file or a folder of shards (read in name order)."""
+    path = Path(path)
+    return sorted(path.glob("*.jsonl.gz")) if path.is_dir() else [path]
+
+
 def read_records(path: str | Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records = []
+    for file in corpus_files(path):
+        with gzip.open(file, "rt", encoding="utf-8") as f:
+            records.extend(json.loads(line) for line in f if line.strip())
+    return records
 
 
 def to_document(record: dict, index: int) -> str:

@@ -60,21 +60,51 @@ def dialogue_prompts() -> list[str]:
     return out
 
 
+# Templated everyday questions, so that `gatedgen chat` sees many more than the fixed list above.
+THINGS = [
+    "a volcano", "a rainbow", "a cloud", "the ocean", "a tree", "a bicycle", "a library", "a farm",
+    "the moon", "a star", "a river", "a desert", "a forest", "a train", "a bridge", "a garden",
+    "a computer", "a clock", "a map", "a museum", "an island", "a mountain", "a honeybee", "a whale",
+    "a dinosaur", "a butterfly", "a penguin", "a lighthouse", "a kite", "a piano", "a castle", "a snowman",
+]
+ANIMALS = ["dogs", "cats", "birds", "fish", "frogs", "horses", "rabbits", "owls", "ants", "elephants",
+           "turtles", "bees", "bears", "dolphins", "squirrels", "cows"]
+ANIMAL_FACTS = ["eat", "sleep", "live", "talk to each other", "keep warm in winter", "raise their babies"]
+ACTIVITIES = ["reading more books", "making friends at a new school", "keeping my room clean",
+              "learning to swim", "saving money", "drawing a cat", "staying calm", "learning a new word every day",
+              "a rainy afternoon", "a long car trip", "helping at home", "taking care of a plant",
+              "getting ready for school", "planning a picnic", "being kind to others", "sleeping well"]
+FOODS = ["bread", "pancakes", "soup", "a fruit salad", "cookies", "pizza", "rice", "lemonade"]
+QUESTION_TEMPLATES = [
+    ("What is {t}?", THINGS), ("Tell me about {t}.", THINGS), ("Describe {t} in a few sentences.", THINGS),
+    ("How do {t} {f}?", None), ("Give me three tips for {t}.", ACTIVITIES), ("How do you make {t}?", FOODS),
+    ("Write a short poem about {t}.", THINGS), ("What can I do with {t}?", FOODS),
+]
+
+
 def chat_questions() -> list[str]:
-    return list(QUESTIONS)
-
-
-def mixed_prompts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """n (kind, prompt) pairs: 80% stories, 12% dialogues, 8% chat questions, shuffled."""
-    rng = random.Random(seed)
-    stories, dialogues, questions = story_prompts(), dialogue_prompts(), chat_questions()
-    out = []
-    for _ in range(n):
-        r = rng.random()
-        if r < 0.80:
-            out.append(("story", rng.choice(stories)))
-        elif r < 0.92:
-            out.append(("dialogue", rng.choice(dialogues)))
+    out = list(QUESTIONS)
+    for template, words in QUESTION_TEMPLATES:
+        if words is None:
+            out += [template.format(t=a, f=f) for a, f in itertools.product(ANIMALS, ANIMAL_FACTS)]
         else:
-            out.append(("chat", rng.choice(questions)))
+            out += [template.format(t=w) for w in words]
     return out
+
+
+# Share of each kind in the corpus.
+MIX = (("story", 0.66), ("dialogue", 0.14), ("chat", 0.20))
+
+
+def prompt_stream(seed: int = 0):
+    """Endless (kind, prompt) pairs in the proportions of MIX, reproducible from ``seed``."""
+    rng = random.Random(seed)
+    pools = {"story": story_prompts(), "dialogue": dialogue_prompts(), "chat": chat_questions()}
+    while True:
+        r, kind = rng.random(), MIX[-1][0]
+        for name, share in MIX:
+            if r < share:
+                kind = name
+                break
+            r -= share
+        yield kind, rng.choice(pools[kind])
