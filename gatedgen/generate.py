@@ -168,13 +168,22 @@ class Session:
 
 class TokenText:
     """Sampled tokens -> printable text, and when generation ends: an EOS or stop token (not printed),
-    a stop string (never printed; text that may still become one is held back), the token limit."""
+    a stop string (never printed; text that may still become one is held back), the token limit.
 
-    def __init__(self, tokenizer: Tokenizer, settings: GenerationSettings, eos_ids: set[int]):
-        self.stream = tokenizer.stream()
+    ``incremental=False`` (batches, which hand out whole answers): no text until the end, where the
+    tokens are decoded once -- the same text, since the stream's pieces add up to ``decode``; only
+    without stop strings, which need the text as it grows."""
+
+    def __init__(self, tokenizer: Tokenizer, settings: GenerationSettings, eos_ids: set[int],
+                 incremental: bool = True):
+        if not incremental and settings.stop:
+            raise ValueError("stop strings need incremental text")
+        self.tokenizer = tokenizer
+        self.stream = tokenizer.stream() if incremental else None
         self.stops = StopMatcher(settings.stop)
         self.settings, self.eos_ids = settings, eos_ids
         self.count = 0
+        self.ids: list[int] = []  # the tokens not yet turned into text (incremental=False)
 
     def push(self, token: int, context_full: bool = False) -> tuple[str, str | None]:
         """(text to print now, finish reason or None)."""
@@ -182,6 +191,11 @@ class TokenText:
         s = self.settings
         if (token in self.eos_ids and not s.ignore_eos) or token in s.stop_token_ids:
             return self._drain(), "stop"
+        if self.stream is None:
+            self.ids.append(token)
+            if self.count >= s.max_tokens or context_full:
+                return self._drain(), "length"
+            return "", None
         text, hit = self.stops.push(self.stream.push(token))
         if hit:
             return text, "stop"
@@ -191,6 +205,8 @@ class TokenText:
 
     def _drain(self) -> str:
         """Text still held by the detokenizer and the stop matcher when generation ends."""
+        if self.stream is None:
+            return self.tokenizer.decode(self.ids)
         tail, hit = self.stops.push(self.stream.flush())
         return tail if hit else tail + self.stops.flush()
 
