@@ -21,7 +21,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -m gatedgen convert /tmp/smol.gguf /tmp/teacher
 echo "What is the capital of France?" | python3 -m gatedgen chat -m /tmp/teacher -t 0 -n 30 --stats
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_batch_stream.py 2>&1 | tail -3
+timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_batch_stream.py 2>&1 | tail -3
 rm -rf /tmp/corpus
 python3 weights/recipe/make_corpus.py --teacher /tmp/teacher --out /tmp/corpus --seconds "$GEN_S" \
     --batch "$BATCH" --max-tokens 400 2>&1 | tee "$OUT/corpus_log.txt"
