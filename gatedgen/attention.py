@@ -33,6 +33,7 @@ class Step:
     positions: torch.Tensor  # int64 [B, T] absolute positions of the new tokens (for RoPE)
     packed: Packed | None = None  # several prompts packed in one row (prefill of empty cache rows)
     lengths_after: list[int] | None = None  # host lengths after a packed pass
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # RoPE cos, sin [B, T, D/2] of this pass (model fills)
 
 
 @dataclass

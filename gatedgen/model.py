@@ -76,19 +76,63 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None, device=None
     return inv_freq.float()
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
-                 scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [B, T, 1, D] for positions [B, T] (HF Llama convention: halves rotated)."""
-    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions.device)
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, T, D/2] fp32 of the angles positions * inv_freq, positions [B, T] (HF Llama
+    convention: both halves of a head rotate by these angles)."""
     angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
-    angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]  # [B, T, 1, D]
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+class RopeTables:
+    """A model's RoPE constants on one device, computed once (not per layer, not per pass): the inverse
+    frequencies [D/2] with rope_scaling applied, and cos, sin [1, n, D/2] of positions 0 .. n-1 for
+    passes without a cache (grown to the longest pass seen). Kept tensors are made outside inference
+    mode, so that a later pass under autograd may save them for backward."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device):
+        with torch.inference_mode(False):
+            self.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, device)
+        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def first(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [1, T, D/2] of positions 0 .. T-1."""
+        if self.prefix is None or self.prefix[0].shape[1] < T:
+            with torch.inference_mode(False):
+                table = rope_cos_sin(torch.arange(T, device=self.inv_freq.device)[None], self.inv_freq)
+            if _capturing(self.inv_freq.device):
+                return table
+            self.prefix = table
+        return self.prefix[0][:, :T], self.prefix[1][:, :T]
+
+
+_ROPE_TABLES: dict[tuple, RopeTables] = {}
+
+
+def _capturing(device: torch.device) -> bool:
+    # inside a CUDA-graph capture kernels only run at replay: nothing computed there may be kept
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def rope_tables(cfg: ModelConfig, device: torch.device) -> RopeTables:
+    key = (cfg.head_dim, cfg.rope_theta, repr(sorted((cfg.rope_scaling or {}).items())), device)
+    tables = _ROPE_TABLES.get(key)
+    if tables is None:
+        tables = RopeTables(cfg, device)
+        if not _capturing(device):
+            _ROPE_TABLES[key] = tables
+    return tables
+
+
+def pass_cos_sin(cfg: ModelConfig, step: Step | None, T: int, device: torch.device):
+    """cos, sin of this pass's positions, computed once per pass and shared by all layers: kept on the
+    Step, from its device positions ([B, T, D/2]; a captured decode step recomputes them at each
+    replay), or, without a cache, positions 0 .. T-1 of every row ([1, T, D/2], a cached table)."""
+    tables = rope_tables(cfg, device)
+    if step is None:
+        return tables.first(T)
+    if step.rope is None:
+        step.rope = rope_cos_sin(step.positions, tables.inv_freq)
+    return step.rope
 
 
 def token_shift(
@@ -145,10 +189,9 @@ class Attention(nn.Module):
             v = token_shift(v, self.v_shift_proj(x), cache.v_pre[layer] if cache is not None else None, step)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if cfg.rope_theta is not None:
-            positions = step.positions if step is not None else torch.arange(T, device=x.device)[None]
-            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cfg.rope_theta is not None:  # q, k rotated by their positions' angles, one fused kernel
+            cos, sin = pass_cos_sin(cfg, step, T, x.device)  # [B or 1, T, D/2]
+            q, k = kernels.apply_rope(q, k, cos, sin)
         f = self.f_proj(x) if cfg.use_forget_gate else None  # [B, T, HQ] logits; g = logsigmoid(f) fp32
         layer_cache = cache.layer(layer) if cache is not None else None
         o = self.backend.attend(q, k, v, None, layer_cache, step, f=f)  # [B, T, HQ, D]

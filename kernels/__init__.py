@@ -12,12 +12,14 @@ Fused model ops (kernels/norm, kernels/glu, kernels/gate; references in each ``n
     rms_norm(x, weight, eps, residual=None) -> (y, x + residual)
     swiglu(gate, up)
     append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)   f: forget-gate logits
+    apply_rope(q, k, cos, sin) -> (q, k) rotated      cos, sin: [B or 1, T, D/2] fp32 (kernels/rope)
 """
 
 from __future__ import annotations
 
 from kernels.dispatch import (
     append_kv,
+    apply_rope,
     decode_attn,
     parallel_attn,
     rebase_gate_cache,
@@ -32,6 +34,7 @@ GATEDGEN_KERNELS = True
 __all__ = [
     "GATEDGEN_KERNELS",
     "append_kv",
+    "apply_rope",
     "decode_attn",
     "parallel_attn",
     "rebase_gate_cache",

@@ -76,5 +76,9 @@ def swiglu(gate, up):
     return _fused_impl("glu", "swiglu", "swiglu", gate)(gate, up)
 
 
+def apply_rope(q, k, cos, sin):
+    return _fused_impl("rope", "rope", "apply_rope", q)(q, k, cos, sin)
+
+
 def append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens):
     return _fused_impl("gate", "gate", "append_kv", k_cache)(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)

@@ -61,12 +61,30 @@ if _INTERPRET:
 
 
 def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk: int) -> torch.Tensor:
-    """[NT, 2] int32 pairs (sequence index, tile index within the sequence) for packed sequences."""
+    """[NT, 2] int32 pairs (sequence index, tile index within the sequence) for packed sequences.
+
+    Reading the lengths synchronises with the device, so the last result per tile size is kept for
+    the same cu_seqlens tensor object (as fla's ``tensor_cache`` does): the layers of one packed pass
+    share one read. Modifying cu_seqlens in place invalidates the entry, except for inference-mode
+    tensors, which have no version counter: build a new cu_seqlens per batch of prompts.
+    """
+    key = (chunk, cu_seqlens.device)
+    version = None if cu_seqlens.is_inference() else cu_seqlens._version
+    hit = _CHUNKS.get(key)
+    if hit is not None and hit[0] is cu_seqlens and hit[1] == version:
+        return hit[2]
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     pairs = [(n, t) for n, length in enumerate(lens) for t in range(triton.cdiv(length, chunk))]
     if not pairs:
-        return torch.zeros(0, 2, dtype=torch.int32, device=cu_seqlens.device)
-    return torch.tensor(pairs, dtype=torch.int32, device=cu_seqlens.device)
+        indices = torch.zeros(0, 2, dtype=torch.int32, device=cu_seqlens.device)
+    else:
+        indices = torch.tensor(pairs, dtype=torch.int32, device=cu_seqlens.device)
+    _CHUNKS[key] = (cu_seqlens, version, indices)
+    return indices
+
+
+# (tile size, device) -> (cu_seqlens, its version, chunk indices) of the last packed call
+_CHUNKS: dict[tuple, tuple[torch.Tensor, int | None, torch.Tensor]] = {}
 
 
 def _seq_bounds(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,11 +221,18 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
     return dq, dk, dv, dgc
 
 
+def _gate_sums(g, gc, cu_seqlens):
+    """Running sums of the log gates per sequence: from raw gates g, or gc as given (None: ungated)."""
+    if g is not None:
+        return gate_cumsum(g, cu_seqlens)
+    return gc.float().contiguous() if gc is not None else None
+
+
 class ParallelAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, gc, scale, cu_seqlens):
         # g (raw gates) -> running sums per sequence; gc given directly when continuing a cache
-        gc_in = gate_cumsum(g, cu_seqlens) if g is not None else (gc.float().contiguous() if gc is not None else None)
+        gc_in = _gate_sums(g, gc, cu_seqlens)
         o, lse = parallel_attn_fwd(q, k, v, gc_in, scale, cu_seqlens)
         ctx.save_for_backward(q, k, v, o, gc_in, lse)
         ctx.scale, ctx.cu_seqlens = scale, cu_seqlens
@@ -247,7 +272,8 @@ def parallel_attn(
         return_lse: also return lse [B, Tq, HQ] fp32 (natural log).
 
     Returns:
-        o [B, Tq, HQ, D] in q's dtype (and lse when asked). Differentiable in q, k, v, g (and gc).
+        o [B, Tq, HQ, D] in q's dtype (and lse when asked). Differentiable in q, k, v, g (and gc);
+        when nothing needs a gradient (inference) the autograd Function is skipped, same outputs.
     """
     _check_shapes(q, k, v)
     if g is not None and gc is not None:
@@ -264,5 +290,8 @@ def parallel_attn(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o, lse = ParallelAttentionFunction.apply(q, k, v, g, gc, float(scale), cu_seqlens)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, gc)):
+        o, lse = ParallelAttentionFunction.apply(q, k, v, g, gc, float(scale), cu_seqlens)
+    else:  # inference: the forward launcher directly, no autograd Function (~tens of us of host time)
+        o, lse = parallel_attn_fwd(q, k, v, _gate_sums(g, gc, cu_seqlens), float(scale), cu_seqlens)
     return (o, lse) if return_lse else o

@@ -3,6 +3,7 @@ H100, and the autotuner behind GATEDGEN_AUTOTUNE=1."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import triton
@@ -72,7 +73,10 @@ _BLOCKS = {
 }
 
 
+@functools.cache
 def _blocks(kind: str, BK: int) -> dict:
+    """Launch options {BT, BS, num_warps, num_stages} of a kernel at a padded head dim: one cached dict
+    per shape class (callers unpack it, never modify it)."""
     if _INTERPRET:
         bt, bs, w, st = _BLOCKS_INTERPRET[kind]
     else:
