@@ -1,44 +1,61 @@
 #!/usr/bin/env bash
-# One device call for the decode kernel: GPU tests, launch-variant sweep, benchmark vs fla / SDPA.
-# Run from the repo root on the device machine (see docs/notes-decode.md):
-#   bash scripts/gpu_decode.sh            logs and JSON go to $OUT (or ./out)
-# Env: SKIP_TESTS=1, SKIP_SWEEP=1 (then the module defaults are benchmarked), QUICK=1.
+# One device call for the decode kernel: GPU tests, the partial-merge sweep (second kernel vs merge
+# fused into the split kernel, graph-replayed, beside SDPA), the cache-append grid sweep, then the
+# table vs fla / SDPA with the fastest merge variant. Run from the repo root on the device machine
+# (see docs/notes-decode.md):
+#   bash scripts/gpu_decode.sh            logs and JSON go to $OUT (or ./out); ~3-4 minutes
+# Env: SKIP_TESTS=1; FULL_TESTS=1 (every decode/append test, not only the GPU, fused and append
+# ones); SWEEP=1 (also the older launch-variant sweep, eager times); FULL=1 (final table at all five
+# shapes; default: three).
 set -uo pipefail
 source scripts/gpu_env.sh
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_decode_kernel.py 2>&1 \
-    | tee "$OUT/test.log" | tail -25
+  XDIST=""
+  python3 -c "import xdist" 2>/dev/null && XDIST="-n 8"
+  FILTER="gpu or graph or fused or append or update"
+  [ "${FULL_TESTS:-0}" = 1 ] && FILTER="not no_such_test"
+  timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -rf $XDIST -p no:cacheprovider \
+    tests/test_decode_kernel.py tests/test_fused_ops.py::test_append_kv -k "$FILTER" 2>&1 | tee "$OUT/test.log" | tail -25
   echo "tests exit: ${PIPESTATUS[0]}"
 fi
 
-timeout "${BENCH_TIMEOUT:-330}" python3 - <<'PY' 2>&1 | tee "$OUT/bench.log"
-import json, os
+timeout "${BENCH_TIMEOUT:-170}" python3 - <<'PY' 2>&1 | tee "$OUT/bench.log"
+import json, os, time
+import torch
 from gatedgen.bench import kernels_decode as kd
 from kernels.attn import decoding
 out = os.environ.get("OUT", "out")
-import time, torch
+res = {}
+def save():
+    json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
 x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
 t0 = time.time()
 while time.time() - t0 < 3:  # bring the clocks up (the first call found the SM clock at 345 MHz)
     x @ x
 torch.cuda.synchronize()
 del x
-res = {"ceilings": kd.ceilings()}
-print("ceilings (TB/s):", res["ceilings"])
-variant = {}
-if os.environ.get("SKIP_SWEEP", "0") != "1":
-    sw = kd.sweep()
-    sw += kd.sweep(shapes=((1, 32768),), variants={k: v for k, v in kd.VARIANTS.items() if k in ("default", "bcast", "dot64", "dot64-s4", "dot128-w8")}, gated=False)
-    res["sweep"] = sw
-    best = kd.best_variant([r for r in sw if r["gated"]])
-    variant = kd.VARIANTS[best]
-    print(kd.format_sweep(sw))
-    print("best variant:", best, variant)
-rows = kd.run(quick=os.environ.get("QUICK", "0") == "1", variant=variant)
-res["rows"], res["variant"] = rows, variant
-json.dump(res, open(os.path.join(out, "bench.json"), "w"), indent=1)
-for fn in (decoding.decode_split_kernel, decoding.decode_merge_kernel):
+res["ceilings"] = kd.ceilings()
+print("ceilings (TB/s):", res["ceilings"], flush=True)
+if os.environ.get("SWEEP", "0") == "1":
+    res["sweep"] = kd.sweep()
+    print(kd.format_sweep(res["sweep"]), flush=True)
+# partial merge: two kernels vs fused, graph-replayed, at the issue's shapes (gated), + 1 x 4096 ungated
+t0 = time.time()
+merge = kd.merge_sweep() + kd.merge_sweep(shapes=[(1, 4096)], gated=False)
+res["merge"] = merge; save()
+merge_table = kd.format_merge(merge)
+print(merge_table, f"\n(merge sweep {time.time() - t0:.0f} s)", flush=True)
+best = kd.best_merge_variant([r for r in merge if r["gated"]])
+print("best merge variant (geometric mean of graph times, gated):", best, kd.MERGE_VARIANTS[best], flush=True)
+t0 = time.time()
+res["append"] = kd.append_sweep(); save()
+append_table = kd.format_append(res["append"])
+print(append_table, f"\n(append sweep {time.time() - t0:.0f} s)", flush=True)
+variant = kd.MERGE_VARIANTS[best]
+rows = kd.run(quick=os.environ.get("FULL", "0") != "1", variant=variant)
+res["rows"], res["variant"] = rows, variant; save()
+for fn in (decoding.decode_split_kernel, decoding.decode_merge_kernel, decoding.append_kv_kernel):
     for dev_cache in getattr(fn, "device_caches", {}).values():
         for kern in dev_cache[0].values():
             try:
@@ -47,7 +64,10 @@ for fn in (decoding.decode_split_kernel, decoding.decode_merge_kernel):
                 print(f"{fn.__name__}: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} stages={c.num_stages} {consts}")
             except Exception as e:  # noqa: BLE001
                 print(fn.__name__, "info failed", e)
-print()
-print("variant:", variant or "module defaults")
+print("\ncache append (9:3 heads, D=64, bf16, logits; graph-replayed us):")
+print(append_table)
+print("\npartial merge (gated unless g=no; graph-replayed us, TB/s of K+V, [NS splits]):")
+print(merge_table)
+print("\nvariant:", best, variant)
 print(kd.format_table(rows))
 PY

@@ -58,7 +58,8 @@ def _reference(q, k, v, gc, lens, scale=None):
 
 
 def _run(q, k, v, gc, lens, **kw):
-    """Our kernel with a NaN-filled output and split workspace."""
+    """Our kernel with a NaN-filled output and split workspace; a fused merge gets its own zeroed
+    counters, which it must leave at 0 (the next launch, or a graph replay, relies on it)."""
     B, Tq, HQ, D = q.shape
     out = poisoned(B, Tq, HQ, D, dtype=q.dtype, device=q.device)
     splits = kw.get("splits")
@@ -67,8 +68,13 @@ def _run(q, k, v, gc, lens, **kw):
             poisoned(B * Tq * HQ, splits, D, device=q.device),
             poisoned(B * Tq * HQ, splits, device=q.device),
         )
+    counters = None
+    if kw.get("merge") == "fused":
+        counters = kw["counters"] = torch.zeros(B * k.shape[2] + 5, dtype=torch.int32, device=q.device)
     o = decoding._decode_attn(q, k, v, gc, lens, out=out, **kw)
     assert o.data_ptr() == out.data_ptr()
+    if counters is not None:
+        assert (counters == 0).all(), f"fused merge left counters {counters.tolist()}"
     return o
 
 
@@ -86,9 +92,13 @@ CASES = [
 ]
 
 
+# NS = 1 writes the output directly; NS > 1 merges in a second kernel or in the last split program
+SPLIT_MERGE = [(1, "kernel"), (7, "kernel"), (7, "fused")]
+
+
 @pytest.mark.parametrize("dtype,D,HQ,H,Tq,gated", CASES)
-@pytest.mark.parametrize("splits", [1, 7])
-def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits):
+@pytest.mark.parametrize("splits,merge", SPLIT_MERGE)
+def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits, merge):
     gen, seed = _seed()
     B, Tmax = 3, 53
     mid = int(torch.randint(Tq + 1, Tmax, (1,), generator=gen))
@@ -97,7 +107,7 @@ def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits):
     q = torch.randn(B, Tq, HQ, D, generator=gen).to(dtype).to(DEVICE)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     # 7 slices of 53 keys in blocks of 16: some slices lie past a length (neutral partials)
-    o = _run(q, k, v, gc, seqlens, splits=splits, block_s=16)
+    o = _run(q, k, v, gc, seqlens, splits=splits, block_s=16, merge=merge)
     assert o.dtype == dtype
     err = rel_err(o, _reference(q, k, v, gc, seqlens))
     assert err < TOL[dtype], f"rel err {err:.2e} seed={seed} lens={lens}"
@@ -106,7 +116,8 @@ def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits):
 @pytest.mark.parametrize(
     "dtype,use_dot", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False), (torch.float32, True)]
 )
-def test_small_tile_paths_and_scale(dtype, use_dot):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_small_tile_paths_and_scale(dtype, use_dot, merge):
     # G * Tq = 4 rows: padded to a 16-row tl.dot tile (default) or broadcast-multiply-reduce
     gen, seed = _seed()
     B, Tmax, HQ, H, D, Tq = 2, 40, 8, 2, 64, 1
@@ -114,7 +125,7 @@ def test_small_tile_paths_and_scale(dtype, use_dot):
     k, v, gc = _cache(B, Tmax, HQ, H, D, dtype, lens, True, gen)
     q = torch.randn(B, Tq, HQ, D, generator=gen).to(dtype).to(DEVICE)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, use_dot=use_dot, scale=0.3)
+    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, use_dot=use_dot, scale=0.3, merge=merge)
     err = rel_err(o, _reference(q, k, v, gc, seqlens, scale=0.3))
     assert err < TOL[dtype], f"rel err {err:.2e} seed={seed}"
 
@@ -134,7 +145,8 @@ def test_default_launch_and_dispatch_names():
 
 
 @pytest.mark.parametrize("Tq", [1, 3])
-def test_fully_forgotten_history(Tq):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_fully_forgotten_history(Tq, merge):
     # gates of -1e4: every query sees only its own value
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 2, 45, 8, 2, 64
@@ -146,19 +158,44 @@ def test_fully_forgotten_history(Tq):
     gc = gc.to(DEVICE)
     q = torch.randn(B, Tq, HQ, D, generator=gen).to(torch.bfloat16).to(DEVICE)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16)
+    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, merge=merge)
     own = torch.stack([v[b, n - Tq : n] for b, n in enumerate(lens)]).repeat_interleave(HQ // H, dim=2)
     assert rel_err(o, own) < 1e-6, f"seed={seed}"
 
 
-def test_length_one():
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_length_one(merge):
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 2, 16, 4, 1, 100
     k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float16, [1, 1], True, gen)
     q = torch.randn(B, 1, HQ, D, generator=gen).half().to(DEVICE)
     seqlens = torch.ones(B, dtype=torch.int32, device=DEVICE)
-    o = _run(q, k, v, gc, seqlens, splits=4, block_s=16)
+    # every slice but the first is past the length: NS - 1 neutral partials
+    o = _run(q, k, v, gc, seqlens, splits=4, block_s=16, merge=merge)
     assert rel_err(o, v[:, :1].expand(B, 1, HQ, D)) < 1e-6, f"seed={seed}"
+
+
+def test_fused_merge_counters_reused_across_calls():
+    # the cached per-device counters serve call after call (lengths and batch shapes change, as in a
+    # replayed graph and across layers): each launch must leave them at 0 and the result exact
+    gen, seed = _seed()
+    for B, Tmax, lens in [(2, 60, [60, 7]), (3, 60, [1, 33, 59]), (2, 60, [17, 60])]:
+        HQ, H, D = 8, 2, 32
+        k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float32, lens, True, gen)
+        q = torch.randn(B, 1, HQ, D, generator=gen).to(DEVICE)
+        seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        o = decoding._decode_attn(q, k, v, gc, seqlens, splits=5, block_s=16, merge="fused")
+        assert rel_err(o, _reference(q, k, v, gc, seqlens)) < TOL[torch.float32], f"seed={seed} lens={lens}"
+        counters = decoding.merge_counters(q.device, B * H)
+        assert counters.numel() >= 1024 and (counters == 0).all()
+
+
+def test_merge_mode_is_checked():
+    q = torch.zeros(1, 1, 2, 16, device=DEVICE)
+    kv = torch.zeros(1, 8, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="merge"):
+        decoding._decode_attn(q, kv, kv, None, torch.ones(1, dtype=torch.int32, device=DEVICE), merge="both")
+    assert decoding.MERGE in decoding.MERGE_MODES
 
 
 def _update_inputs(B, Tn, H, HQ, D, gen, dtype=torch.float32):
@@ -168,8 +205,14 @@ def _update_inputs(B, Tn, H, HQ, D, gen, dtype=torch.float32):
     return k, v, g
 
 
+# (block_t, chunk, block_p): the default grid (one BT-token tile per program), small tiles whose
+# earlier-token sums take several prefix tiles, multi-tile chunks, and one program per (b, KV head)
+APPEND_GRIDS = [(None, None, None), (16, None, 16), (16, 48, 32), (16, 10**9, None)]
+
+
 @pytest.mark.parametrize("gated", [True, False])
-def test_update_cache_matches_reference(gated):
+@pytest.mark.parametrize("block_t,chunk,block_p", APPEND_GRIDS)
+def test_update_cache_matches_reference(gated, block_t, chunk, block_p):
     gen, seed = _seed()
     B, Tmax, H, HQ, D = 3, 120, 2, 8, 48
     caches = [poisoned(B, Tmax, H, D, dtype=torch.bfloat16, device=DEVICE) for _ in range(2)]
@@ -177,9 +220,10 @@ def test_update_cache_matches_reference(gated):
     ref = [c.clone() for c in caches] + [gcc.clone() if gated else None]
     lens = torch.zeros(B, dtype=torch.int32, device=DEVICE)
     # a 70-token prompt (several blocks of the running-sum scan), then ragged steps of 1 and 5
+    grid = {"block_t": block_t, "chunk": chunk, "block_p": block_p}
     for step, Tn in enumerate([70, 1, 5, 1]):
         k, v, g = _update_inputs(B, Tn, H, HQ, D, gen, dtype=torch.bfloat16)
-        decoding.update_cache(caches[0], caches[1], gcc, k, v, g if gated else None, lens)
+        decoding.append_kv(caches[0], caches[1], gcc, k, v, g if gated else None, lens, logits=False, **grid)
         naive.update_cache(ref[0], ref[1], ref[2], k, v, g if gated else None, lens)
         lens += Tn
         if step == 1:
@@ -212,6 +256,44 @@ def test_update_cache_never_writes_past_tmax():
     torch.testing.assert_close(k_cache[1, 2:5], k[1])
 
 
+@pytest.mark.parametrize("block_t,chunk,block_p", APPEND_GRIDS)
+def test_append_gate_logits_token_blocks(block_t, chunk, block_p):
+    # the fused forget gate (logits -> logsigmoid -> running sum) over a long prompt split across many
+    # programs: k, v, f are strided views of one projection, GQA 9:3 (3 of 4 gate lanes used), one
+    # empty and one non-empty sequence, then decode steps; the last prompt token of sequence 1 lands
+    # past Tmax and must be dropped
+    from kernels.gate import naive as gate_naive
+
+    gen, seed = _seed()
+    B, Tn, HQ, H, D, Tmax = 2, 83, 9, 3, 16, 96
+    lens = torch.tensor([0, 14], dtype=torch.int32, device=DEVICE)
+    ours = [poisoned(B, Tmax, H, D, device=DEVICE), poisoned(B, Tmax, H, D, device=DEVICE), poisoned(B, Tmax, HQ, device=DEVICE)]
+    ref = [t.clone() for t in ours]
+    seq1 = torch.randn(14, HQ, generator=gen).to(DEVICE)
+    for c in (ours, ref):  # sequence 1 already holds 14 tokens with running sums around -40
+        c[0][1, :14], c[1][1, :14], c[2][1, :14] = 0.5, -0.5, seq1 - 40.0
+    grid = {"block_t": block_t, "chunk": chunk, "block_p": block_p}
+    for step, n in enumerate([Tn, 1, 1]):
+        proj = (torch.randn(B, n, 2 * H * D + HQ + 7, generator=gen) * 2 + 1).to(DEVICE)
+        k = proj[..., : H * D].view(B, n, H, D)
+        v = proj[..., H * D : 2 * H * D].view(B, n, H, D)
+        f = proj[..., 2 * H * D : 2 * H * D + HQ]
+        decoding.append_kv(*ours, k, v, f, lens, logits=True, **grid)
+        if step == 0:  # the reference refuses to overflow: give it the tokens that fit
+            for b in range(B):
+                m = min(n, Tmax - int(lens[b]))
+                gate_naive.append_kv(*[t[b : b + 1] for t in ref], k[b : b + 1, :m], v[b : b + 1, :m],
+                                     f[b : b + 1, :m], lens[b : b + 1])
+        else:
+            gate_naive.append_kv(*ref, k, v, f, lens)
+        lens += n
+        lens[1] = min(int(lens[1]), Tmax - 1)  # sequence 1: full after the prompt, overwrite its last slot
+    for name, a, b in zip("kvg", ours, ref):
+        assert torch.equal(a.isnan(), b.isnan()), f"{name}: written elements differ, seed={seed}"
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"{name} seed={seed}")
+    assert torch.isnan(ours[2][0, Tn + 2 :]).all()
+
+
 def test_rebase_keeps_outputs_and_centres_recent_entries():
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 3, 300, 4, 2, 32
@@ -239,43 +321,117 @@ def test_rebase_keeps_outputs_and_centres_recent_entries():
     [(1, 32768, 128, 1), (8, 8192, 128, 1), (3, 4096, 128, 16), (2, 2048, 256, 3), (4, 3000, 100, 1)],
 )
 @pytest.mark.parametrize("gated", [True, False])
-def test_gpu_real_shapes_ragged_deterministic(B, T, D, Tq, gated):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_gpu_real_shapes_ragged_deterministic(B, T, D, Tq, gated, merge):
     gen, seed = _seed()
     HQ, H = 32, 8
     lens = [T] + [int(x) for x in torch.randint(Tq, T, (B - 1,), generator=gen)]
     k, v, gc = _cache(B, T, HQ, H, D, torch.bfloat16, lens, gated, gen)
     q = torch.randn(B, Tq, HQ, D, generator=gen).bfloat16().cuda()
     seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    o = decoding.decode_attn(q, k, v, gc, seqlens)
+    o = decoding._decode_attn(q, k, v, gc, seqlens, merge=merge)
     gcf = gc.float() if gated else None
     ref = naive.decode_attn(q.float(), k.float(), v.float(), gcf, cache_seqlens=seqlens)
     err = rel_err(o, ref)
     assert err < TOL[torch.bfloat16], f"rel err {err:.2e} seed={seed} lens={lens}"
-    assert torch.equal(o, decoding.decode_attn(q, k, v, gc, seqlens)), "not deterministic"
+    assert torch.equal(o, decoding._decode_attn(q, k, v, gc, seqlens, merge=merge)), "not deterministic"
+    assert (decoding.merge_counters(q.device, B * H) == 0).all()
 
 
 @needs_cuda
-def test_cuda_graph_replay_as_lengths_grow():
+@pytest.mark.parametrize("splits,block_s", [(None, None), (64, 16), (128, 16)])
+def test_gpu_fused_merge_no_race(splits, block_s):
+    # many concurrent slices per (b, head) finishing in any order: every replay must give the same
+    # bits (a partial read before it was visible would change them) and match the reference
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 4, 4096, 32, 8, 128
+    lens = [Tmax, 1, 2049, 777]
+    k, v, gc = _cache(B, Tmax, HQ, H, D, torch.bfloat16, lens, True, gen)
+    q = torch.randn(B, 1, HQ, D, generator=gen).bfloat16().cuda()
+    seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+
+    def step():
+        return decoding._decode_attn(q, k, v, gc, seqlens, merge="fused", splits=splits, block_s=block_s)
+
+    first = step().clone()
+    ref = naive.decode_attn(q.float(), k.float(), v.float(), gc, cache_seqlens=seqlens)
+    assert rel_err(first, ref) < TOL[torch.bfloat16], f"seed={seed}"
+    replay = _capture(step)
+    for i in range(300):
+        o = replay()
+        if i % 50 == 0 or i == 299:
+            assert torch.equal(o, first), f"replay {i} differs, seed={seed}"
+    assert (decoding.merge_counters(q.device, B * H) == 0).all()
+
+
+def _capture(fn):
+    """fn captured in a CUDA graph (after warm-up calls on a side stream); returns replay -> output."""
+    fn()  # compile outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+@needs_cuda
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_cuda_graph_replay_as_lengths_grow(merge):
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 2, 8192, 32, 8, 128
     k, v, gc = _cache(B, Tmax, HQ, H, D, torch.bfloat16, [Tmax, Tmax], True, gen)
     q = torch.randn(B, 1, HQ, D, generator=gen).bfloat16().cuda()
     seqlens = torch.tensor([1, 300], dtype=torch.int32, device="cuda")
-    decoding.decode_attn(q, k, v, gc, seqlens)  # compile outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        decoding.decode_attn(q, k, v, gc, seqlens)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        o_static = decoding.decode_attn(q, k, v, gc, seqlens)
-    for step in [0, 1, 200, 3000, 4000]:
-        seqlens += torch.tensor([step, step // 2], dtype=torch.int32, device="cuda")  # in place
+
+    def step():
+        return decoding._decode_attn(q, k, v, gc, seqlens, merge=merge)
+
+    replay = _capture(step)
+    for step_len in [0, 1, 200, 3000, 4000]:
+        seqlens += torch.tensor([step_len, step_len // 2], dtype=torch.int32, device="cuda")  # in place
         q.copy_(torch.randn(B, 1, HQ, D, generator=gen).bfloat16())
-        graph.replay()
-        eager = decoding.decode_attn(q, k, v, gc, seqlens)
+        o_static = replay()
+        eager = step()
         at = seqlens.tolist()
         assert torch.equal(o_static, eager), f"graph replay differs from eager at lengths {at} seed={seed}"
         ref = naive.decode_attn(q.float(), k.float(), v.float(), gc, cache_seqlens=seqlens)
         assert rel_err(o_static, ref) < TOL[torch.bfloat16], f"seed={seed}"
+
+
+@needs_cuda
+@pytest.mark.parametrize("chunk", [None, 10**9])
+def test_gpu_append_long_prompt_token_blocks(chunk):
+    # a 3000-token prompt (the running sums' start of late chunks takes several prefix tiles) into
+    # an empty and a non-empty bf16 cache, gates as logits (the fused forget gate), then one decode step
+    from kernels.gate import naive as gate_naive
+
+    gen, seed = _seed()
+    B, Tn, HQ, H, D, Tmax = 2, 3000, 9, 3, 64, 3200
+    lens = torch.tensor([0, 100], dtype=torch.int32, device="cuda")
+    ours = [poisoned(B, Tmax, H, D, dtype=torch.bfloat16, device="cuda") for _ in range(2)]
+    ours.append(poisoned(B, Tmax, HQ, device="cuda"))
+    for t in ours:
+        t[1, :100] = 0.25
+    ref = [t.clone() for t in ours]
+    for n in (Tn, 1):
+        proj = (torch.randn(B, n, 2 * H * D + HQ, generator=gen) * 2 + 1).bfloat16().cuda()
+        k = proj[..., : H * D].view(B, n, H, D)
+        v = proj[..., H * D : 2 * H * D].view(B, n, H, D)
+        f = proj[..., 2 * H * D :]
+        decoding.append_kv(*ours, k, v, f, lens, logits=True, chunk=chunk)
+        gate_naive.append_kv(*ref, k, v, f, lens)
+        lens += n
+    assert torch.equal(ours[0].isnan(), ref[0].isnan()) and torch.equal(ours[2].isnan(), ref[2].isnan())
+    torch.testing.assert_close(ours[0], ref[0], rtol=0, atol=0, equal_nan=True, msg=f"seed={seed}")
+    torch.testing.assert_close(ours[1], ref[1], rtol=0, atol=0, equal_nan=True, msg=f"seed={seed}")
+    # running sums reach ~ -1e3 over 3000 tokens: fp32 summation order differs from the sequential sum
+    torch.testing.assert_close(ours[2], ref[2], rtol=1e-5, atol=1e-4, equal_nan=True, msg=f"seed={seed}")

@@ -5,12 +5,16 @@ tokens (the cache is full: cache_seqlens = T), with and without forget gates (g 
 + 4), fp32). Effective bandwidth = bytes of K and V read, 2*N*T*H*D*2, over the time. Times are
 triton.testing.do_bench medians (it clears L2 between repetitions); "graph" replays our decode step
 captured in a CUDA graph, which removes the launch overhead that dominates small shapes.
-Run: ``python -m gatedgen.bench.kernels_decode [--quick]``.
+``merge_sweep`` times the two ways of merging the split partials (a second kernel, or fused into the
+split kernel through a last-program-done counter) side by side from graphs; ``append_sweep`` the
+cache append with a token-block grid against one program per (b, KV head).
+Run: ``python -m gatedgen.bench.kernels_decode [--quick] [--merge] [--append]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 import torch
@@ -30,6 +34,18 @@ VARIANTS = {
     "dot128-w8": {"use_dot": True, "block_s": 128, "num_warps": 8, "num_stages": 3},
     "dot64-pps2": {"use_dot": True, "block_s": 64, "programs_per_sm": 2},
     "dot64-pps8": {"use_dot": True, "block_s": 64, "programs_per_sm": 8},
+    "fused": {"merge": "fused"},
+    "fused-pps2": {"merge": "fused", "programs_per_sm": 2},
+}
+
+# partial merge: second kernel vs fused (the module default decides what "default" above means)
+MERGE_SHAPES = [(1, 4096), (1, 32768), (1, 131072), (8, 4096), (32, 4096)]
+MERGE_VARIANTS = {
+    "kernel": {"merge": "kernel"},
+    "fused": {"merge": "fused"},
+    "kernel-pps2": {"merge": "kernel", "programs_per_sm": 2},
+    "fused-pps2": {"merge": "fused", "programs_per_sm": 2},
+    "fused-pps1": {"merge": "fused", "programs_per_sm": 1},
 }
 
 
@@ -166,6 +182,102 @@ def run(quick: bool = False, variant: dict | None = None) -> list[dict]:
     return rows
 
 
+def merge_sweep(shapes=None, variants=None, gated=True) -> list[dict]:
+    """Graph-replayed time (us) of each merge variant per shape, next to SDPA (eager and replayed)."""
+    from kernels.attn import decoding
+
+    variants = variants or MERGE_VARIANTS
+    rows = []
+    for N, T in shapes or MERGE_SHAPES:
+        q, k, v, _, gc, lens = _inputs(N, T)
+        gc = gc if gated else None
+        qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        sdpa = functools.partial(F.scaled_dot_product_attention, qs, ks, vs, enable_gqa=True)
+        row = {"N": N, "T": T, "gated": gated, "sdpa_us": _bench(sdpa) * 1e3}
+        row["sdpa_graph_us"] = _bench(_graph(sdpa)) * 1e3
+        del sdpa, ks, vs
+        base = None
+        for name, kw in variants.items():
+            fn = functools.partial(decoding._decode_attn, q, k, v, gc, lens, **kw)
+            o = fn()
+            base = o if base is None else base  # the first variant is the yardstick
+            row[f"{name}_err"] = _rel_err(o, base)
+            row[f"{name}_ns"] = decoding.num_splits(N, H, T, 64, q.device, kw.get("programs_per_sm"))
+            row[f"{name}_us"] = _bench(_graph(fn)) * 1e3
+        rows.append(row)
+        del q, k, v, gc, fn, base
+        torch.cuda.empty_cache()
+    return rows
+
+
+def best_merge_variant(rows) -> str:
+    """Merge variant with the smallest geometric-mean graph time over the swept shapes."""
+    names = [key[:-3] for key in rows[0] if key.endswith("_us") and not key.startswith("sdpa")]
+    return min(names, key=lambda n: sum(math.log(r[f"{n}_us"]) for r in rows))
+
+
+def format_merge(rows) -> str:
+    names = [key[:-3] for key in rows[0] if key.endswith("_us") and not key.startswith("sdpa")]
+    head = " | ".join(f"{n} us (TB/s) [NS]" for n in names)
+    lines = [
+        f"| N x T | g | {head} | SDPA us | SDPA graph us | best | best x SDPA graph | max err |",
+        "|---|---|" + "---|" * (len(names) + 5),
+    ]
+    for r in rows:
+        best = min(names, key=lambda n: r[f"{n}_us"])
+        cells = [f"{r[n + '_us']:.1f} ({_tbps(r['N'], r['T'], r[n + '_us']):.2f}) [{r[n + '_ns']}]" for n in names]
+        err = max(r[f"{n}_err"] for n in names)
+        lines.append(
+            f"| {r['N']} x {r['T']} | {'yes' if r['gated'] else 'no'} | " + " | ".join(cells)
+            + f" | {r['sdpa_us']:.1f} | {r['sdpa_graph_us']:.1f} | {best} "
+            f"| {r['sdpa_graph_us'] / r[best + '_us']:.2f} | {err:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+# cache append (135M-class model: 9 query heads, 3 KV heads, D = 64), bf16, gates as logits
+APPEND_CASES = [(1, 2048), (1, 1), (32, 1)]  # (batch, new tokens): a long prompt and decode steps
+APPEND_VARIANTS = {"token-blocks": {}, "per-head": {"chunk": 1 << 30}}
+
+
+def append_sweep(cases=APPEND_CASES, variants=None, HQa=9, Ha=3, Da=64) -> list[dict]:
+    """Graph-replayed time (us) of the cache append (fused forget gate) per grid variant."""
+    from kernels.attn import decoding
+
+    variants = variants or APPEND_VARIANTS
+    rows = []
+    for B, Tn in cases:
+        Tmax = Tn + 128
+        kc = torch.zeros(B, Tmax, Ha, Da, device="cuda", dtype=torch.bfloat16)
+        vc, gc = torch.zeros_like(kc), torch.zeros(B, Tmax, HQa, device="cuda")
+        proj = torch.randn(B, Tn, 2 * Ha * Da + HQa, device="cuda", dtype=torch.bfloat16)
+        k, v = proj[..., : Ha * Da].view(B, Tn, Ha, Da), proj[..., Ha * Da : 2 * Ha * Da].view(B, Tn, Ha, Da)
+        f = proj[..., 2 * Ha * Da :]
+        lens = torch.full((B,), 64, dtype=torch.int32, device="cuda")
+        row = {"B": B, "Tn": Tn}
+        outs = {}
+        for name, kw in variants.items():
+            fn = functools.partial(decoding.append_kv, kc, vc, gc, k, v, f, lens, logits=True, **kw)
+            fn()
+            outs[name] = (kc.clone(), gc.clone())
+            row[f"{name}_us"] = _bench(_graph(fn)) * 1e3
+        ref_k, ref_g = next(iter(outs.values()))
+        row["k_equal"] = all(torch.equal(o[0], ref_k) for o in outs.values())
+        row["gc_err"] = max(_rel_err(o[1], ref_g) for o in outs.values())
+        rows.append(row)
+    return rows
+
+
+def format_append(rows) -> str:
+    names = [key[:-3] for key in rows[0] if key.endswith("_us")]
+    lines = ["| B x Tn | " + " | ".join(f"{n} us" for n in names) + " | k/v equal | gc rel diff |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for r in rows:
+        lines.append(f"| {r['B']} x {r['Tn']} | " + " | ".join(f"{r[n + '_us']:.1f}" for n in names)
+                     + f" | {r['k_equal']} | {r['gc_err']:.1e} |")
+    return "\n".join(lines)
+
+
 def ceilings() -> dict:
     """Device-to-device copy (bytes read + written) and a read-only reduction, 1 GiB each."""
     x = torch.randn(2**29, device="cuda", dtype=torch.bfloat16)
@@ -210,7 +322,15 @@ def format_sweep(rows) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three shapes instead of five")
+    parser.add_argument("--merge", action="store_true", help="only the merge sweep (graph-replayed)")
+    parser.add_argument("--append", action="store_true", help="only the cache-append sweep")
     args = parser.parse_args()
+    if args.merge or args.append:
+        if args.append:
+            print(format_append(append_sweep()))
+        if args.merge:
+            print(format_merge(merge_sweep()))
+        return
     print(format_table(run(quick=args.quick)))
 
 

@@ -25,6 +25,21 @@ reading K and V once at memory speed (the two numbers are in docs/notes-decode.m
 * ``decode_merge_kernel``, grid (B * Tq * HQ,): merges the NS partials of one row exactly through
   their log-sum-exp, in a fixed order (deterministic). When NS == 1 the split kernel writes the
   output itself and no merge runs.
+* ``MERGE = "fused"`` (or ``merge="fused"``): no second launch. Each split program, after storing its
+  partial, increments a per-(b, KV head) counter (atomic, acquire-release); the program that brings
+  it to NS merges the NS partials of that head's rows in slice order (so the result does not depend
+  on which program finished last) and stores 0 back, so the counters are 0 between launches and a
+  captured graph can be replayed. The counters are one int32 buffer per device, allocated zeroed
+  once and grown (never shrunk) on demand: decode calls that run concurrently on two streams of one
+  device would share them (the engine runs one stream at a time). Chosen per call or by the
+  environment variable GATEDGEN_DECODE_MERGE=kernel|fused; the bench sweep compares the two.
+
+* ``append_kv_kernel`` (``update_cache``, and the fused forget gate of kernels/gate), grid
+  (cdiv(Tn, chunk), B, H): each program copies one chunk of the new tokens (by default one tile of
+  BT tokens, so a long prompt is copied by many programs at once) and continues the running sums of
+  its G query heads from gc[L - 1] plus the sum of the earlier tokens' gates, which it recomputes
+  from the gate input (G values per token: cheap next to the K/V rows). A decode step (Tn = 1) is one
+  program per (b, KV head), as before.
 
 NS depends only on static shapes (B, H, Tmax, the SM count), never on the lengths, and nothing is
 copied to the host, so a decode step can be captured in a CUDA graph once and replayed while
@@ -65,6 +80,28 @@ MAX_SPLITS = 128
 MERGE_BLOCK = 32  # partials merged per step in the merge kernel
 # tiles of < 16 query rows (Tq * G): pad to a 16-row tl.dot tile (True) or broadcast-multiply-reduce
 SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (H100, notes)
+# how the NS > 1 partials are merged: "kernel" (a second launch, decode_merge_kernel) or "fused" (the
+# last split program of each (b, KV head) merges); "kernel" until the GPU sweep has compared them
+MERGE_MODES = ("kernel", "fused")
+MERGE = os.environ.get("GATEDGEN_DECODE_MERGE", "kernel")
+MERGE_TILE = 8192  # elements of the fused merge's [rows, slices, D] tile (64 fp32 registers per thread)
+# cache append: tokens per program (None = one BT-token tile each, many programs for a long prompt;
+# a large value gives the old one-program-per-(b, KV head) walk, kept for the bench)
+APPEND_CHUNK: int | None = None
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def merge_counters(device: torch.device, n: int) -> torch.Tensor:
+    """At least n zeroed int32 counters on ``device`` for the fused merge (cached; the kernel leaves
+    them at 0). Allocate them before capturing a graph (any eager call does): grown to a power of two,
+    at least 1024, so that a capture rarely meets a new size."""
+    device = torch.device(device)
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(1024, next_power_of_2(n)), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
 
 
 def _check(q, k_cache, v_cache, gc_cache, cache_seqlens):
@@ -117,8 +154,11 @@ def _decode_attn(
     use_dot=None,
     programs_per_sm=None,
     workspace=None,
+    merge=None,
+    counters=None,
 ):
-    """decode_attn with its launch choices exposed (tests and the bench set them)."""
+    """decode_attn with its launch choices exposed (tests and the bench set them). ``merge``: one of
+    MERGE_MODES (default MERGE); ``counters``: int32 zeros, >= B * H, for the fused merge."""
     B, Tq, HQ, H, D = _check(q, k_cache, v_cache, gc_cache, cache_seqlens)
     Tmax, G = k_cache.shape[1], HQ // H
     scale = D**-0.5 if scale is None else scale
@@ -141,6 +181,13 @@ def _decode_attn(
     if num_stages is None:
         num_stages = 3 if BD <= 128 else 2
     NS = splits or num_splits(B, H, Tmax, block_s, q.device, programs_per_sm)
+    merge = merge or MERGE
+    if merge not in MERGE_MODES:
+        raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
+    fuse = merge == "fused" and NS > 1
+    if fuse and counters is None:
+        counters = merge_counters(q.device, B * H)
+    MR = next_power_of_2(M)
     o = out if out is not None else torch.empty(B, Tq, HQ, D, dtype=q.dtype, device=q.device)
     if NS > 1:
         if workspace is not None:
@@ -159,6 +206,7 @@ def _decode_attn(
         o,
         o_part,
         lse_part,
+        counters if fuse else cache_seqlens,  # (unused unless fused)
         cache_seqlens,
         scale * LOG2E.value,
         k_cache.stride(0),
@@ -178,11 +226,14 @@ def _decode_attn(
         USE_G=gc_cache is not None,
         USE_DOT=use_dot,
         DOT_PRECISION=dot_precision,
+        FUSE_MERGE=fuse,
+        MR=MR,
+        BNS=max(1, min(next_power_of_2(NS), MERGE_TILE // (MR * BD))),
         INTERPRET=INTERPRET,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if NS > 1:
+    if NS > 1 and not fuse:
         decode_merge_kernel[(B * Tq * HQ,)](
             o_part, lse_part, o, D=D, NS=NS, BD=BD, BNS=min(MERGE_BLOCK, next_power_of_2(NS)), num_warps=4
         )
@@ -228,10 +279,17 @@ def append_kv(
     cache_seqlens: torch.Tensor,  # int32 [B]
     *,
     logits: bool,
+    block_t: int | None = None,
+    chunk: int | None = None,
+    block_p: int | None = None,
 ) -> None:
     """One launch appends Tn new tokens per sequence at cache_seqlens[b] .. + Tn - 1 and continues the
     gates' running sums (``update_cache``; with ``logits`` the fused forget gate, kernels/gate).
-    Tokens that would land past Tmax are dropped (checking would need a host synchronisation)."""
+    Tokens that would land past Tmax are dropped (checking would need a host synchronisation).
+
+    Grid (cdiv(Tn, chunk), B, H): a program copies ``chunk`` tokens (default APPEND_CHUNK, else one
+    tile of ``block_t``) and starts its running sums from the sum of the earlier tokens' gates, which
+    it recomputes ``block_p`` tokens at a time; a decode step (Tn = 1) is one program per (b, KV head)."""
     B, Tn, H, D = k.shape
     Tmax = k_cache.shape[1]
     if k_cache.shape != (B, Tmax, H, D) or v_cache.shape != k_cache.shape or v.shape != k.shape:
@@ -252,14 +310,18 @@ def append_kv(
         HQ, sgb, sgt, gates = H, 0, 0, k
     if Tn == 0 or B == 0:
         return
-    append_kv_kernel[(B, H)](
+    BT = block_t or min(32, max(16, next_power_of_2(Tn)))
+    chunk = chunk or APPEND_CHUNK or BT
+    chunk = cdiv(min(chunk, Tn), BT) * BT  # whole tiles
+    BG = max(2, next_power_of_2(HQ // H))
+    append_kv_kernel[(cdiv(Tn, chunk), B, H)](
         k_cache, v_cache, gc_cache, k, v, gates, cache_seqlens,
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), sgb, sgt,
-        Tmax, Tn,
+        Tmax, Tn, chunk,
         H=H, HQ=HQ, G=HQ // H, D=D,
-        BT=min(64, max(16, next_power_of_2(Tn))), BD=max(16, next_power_of_2(D)),
-        BG=max(2, next_power_of_2(HQ // H)), USE_G=use_g, LOGITS=logits, num_warps=4,
+        BT=BT, BP=block_p or max(BT, 4096 // BG), BD=max(16, next_power_of_2(D)),
+        BG=BG, USE_G=use_g, LOGITS=logits, num_warps=4,
     )
 
 

@@ -1,5 +1,6 @@
-"""Triton kernels of the split-KV decode (split, merge), the cache append and the gate re-basing; the
-math and the host side are in ``kernels.attn.decoding``."""
+"""Triton kernels of the split-KV decode (split, merge; or split with the merge fused in through a
+last-program-done counter), the cache append and the gate re-basing; the math and the host side are in
+``kernels.attn.decoding``."""
 
 from __future__ import annotations
 
@@ -59,6 +60,48 @@ def _attend_block(
 
 
 @triton.jit
+def _merge_rows(
+    o_part, lse_part, o, i_b, i_h,
+    TQ: tl.constexpr, HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr, NS: tl.constexpr,
+    MR: tl.constexpr, BNS: tl.constexpr, BD: tl.constexpr,
+):
+    """Merge the NS partials of the Tq * G rows of (b, KV head h) into o, exactly through their
+    log2-sum-exp: one pass over the slices in order, BNS at a time, rescaling like online softmax.
+    Partials come from other programs: loaded through L2 (.cg), never a stale L1 line."""
+    o_r = tl.arange(0, MR)
+    m_r = o_r < TQ * G
+    i_row = (i_b * TQ + o_r // G).to(tl.int64) * HQ + i_h * G + o_r % G  # [MR]
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    b_m = tl.full([MR], float("-inf"), dtype=tl.float32)
+    b_den = tl.zeros([MR], dtype=tl.float32)
+    b_o = tl.zeros([MR, BD], dtype=tl.float32)
+    for i_s in range(0, NS, BNS):
+        o_s = i_s + tl.arange(0, BNS)
+        m_rs = m_r[:, None] & (o_s < NS)[None, :]
+        i_rs = i_row[:, None] * NS + o_s[None, :]  # [MR, BNS]
+        b_lse = tl.load(lse_part + i_rs, mask=m_rs, other=float("-inf"), cache_modifier=".cg")
+        # issued together with the lse load (no dependency); a neutral partial's unwritten row is
+        # read but discarded by the where below
+        p_op = o_part + i_rs[:, :, None] * D + o_d[None, None, :]
+        if BD == D:  # a mask constant along D keeps the loads 16 bytes wide
+            m_op = m_rs[:, :, None]
+        else:
+            m_op = m_rs[:, :, None] & m_d[None, None, :]
+        b_op = tl.load(p_op, mask=m_op, other=0.0, cache_modifier=".cg")
+        b_op = tl.where((b_lse > float("-inf"))[:, :, None], b_op, 0.0)
+        b_m_new = tl.maximum(b_m, tl.max(b_lse, 1))
+        b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+        b_r = tl.exp2(b_m - b_m_safe)
+        b_w = tl.exp2(b_lse - b_m_safe[:, None])  # [MR, BNS], 0 for neutral partials
+        b_den = b_den * b_r + tl.sum(b_w, 1)
+        b_o = b_o * b_r[:, None] + tl.sum(b_w[:, :, None] * b_op, 1)
+        b_m = b_m_new
+    b_o = b_o / tl.where(b_den > 0, b_den, 1.0)[:, None]
+    tl.store(o + i_row[:, None] * D + o_d[None, :], b_o.to(o.dtype.element_ty), mask=m_r[:, None] & m_d[None, :])
+
+
+@triton.jit
 def decode_split_kernel(
     q,
     k,
@@ -67,6 +110,7 @@ def decode_split_kernel(
     o,
     o_part,
     lse_part,
+    counters,
     cache_seqlens,
     qk_scale,
     stride_kb,
@@ -86,6 +130,9 @@ def decode_split_kernel(
     USE_G: tl.constexpr,
     USE_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    FUSE_MERGE: tl.constexpr,
+    MR: tl.constexpr,
+    BNS: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     # KV head fastest: programs running together read the same tokens of neighbouring heads (one
@@ -154,6 +201,19 @@ def decode_split_kernel(
         # slice beyond this sequence's length: neutral partial, nothing read
         tl.store(lse_part + i_row * NS + i_s, tl.full([BM], float("-inf"), dtype=tl.float32), mask=m_m)
 
+    if FUSE_MERGE:  # (the host sets it only when NS > 1)
+        # last-program-done: every warp's partial stores are issued before the barrier, and the
+        # release half of the counter increment publishes them (CUTLASS's semaphore pattern); the
+        # program that brings the count to NS (acquire) merges all slices of (b, h) in slice order
+        # (deterministic, whichever program is last) and resets the counter for the next launch
+        tl.debug_barrier()
+        p_cnt = counters + i_b * H + i_h
+        n_done = tl.atomic_add(p_cnt, 1, sem="acq_rel", scope="gpu")
+        if n_done == NS - 1:
+            tl.debug_barrier()
+            _merge_rows(o_part, lse_part, o, i_b, i_h, TQ, HQ, G, D, NS, MR, BNS, BD)
+            tl.store(p_cnt, 0)
+
 
 @triton.jit
 def decode_merge_kernel(
@@ -192,18 +252,35 @@ def decode_merge_kernel(
 
 
 @triton.jit
+def _log_gates(p_f, o_t, i_hq, m_tg, stride_ft, LOGITS: tl.constexpr):
+    """[BT, BG] fp32 log gates of tokens o_t (0 where masked); with LOGITS the input holds forget-gate
+    logits and g = logsigmoid(f) = min(f, 0) - log(1 + exp(-|f|))."""
+    b_g = tl.load(p_f + o_t.to(tl.int64)[:, None] * stride_ft + i_hq[None, :], mask=m_tg, other=0.0).to(tl.float32)
+    if LOGITS:
+        b_g = tl.minimum(b_g, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(b_g)))
+        b_g = tl.where(m_tg, b_g, 0.0)
+    return b_g
+
+
+@triton.jit
 def append_kv_kernel(
     k_cache, v_cache, gc_cache, k, v, f, cache_seqlens,
     stride_kcb, stride_kct, stride_vcb, stride_vct,
     stride_kb, stride_kt, stride_vb, stride_vt, stride_fb, stride_ft,
-    Tmax, TN,
+    Tmax, TN, CHUNK,
     H: tl.constexpr, HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BG: tl.constexpr, USE_G: tl.constexpr, LOGITS: tl.constexpr,
+    BT: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr, BG: tl.constexpr,
+    USE_G: tl.constexpr, LOGITS: tl.constexpr,
 ):
-    # program (b, h): keys/values of KV head h and the running sums of its G query heads; with LOGITS the
-    # gates arrive as forget-gate logits f and become g = logsigmoid(f) = min(f, 0) - log(1 + exp(-|f|))
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    # program (c, b, h): tokens [c * CHUNK, (c + 1) * CHUNK) of sequence b (CHUNK a multiple of BT): the
+    # keys/values of KV head h and the running sums of its G query heads. The running sum at a chunk's
+    # start is gc[L - 1] plus the sum of all earlier tokens' gates, which every program recomputes
+    # from the gate input (cheap: G values per token, in [BP, BG] tiles), so chunks need no
+    # communication and a long prompt is copied by many programs at once
+    i_c, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     L = tl.load(cache_seqlens + i_b).to(tl.int32)
+    t0 = i_c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, TN)
     o_d = tl.arange(0, BD)
     m_d = o_d < D
     i_b64 = i_b.to(tl.int64)
@@ -212,10 +289,10 @@ def append_kv_kernel(
     p_k = k + i_b64 * stride_kb + i_h * D
     p_v = v + i_b64 * stride_vb + i_h * D
     # while loops: the CPU interpreter cannot take a run-time value as a range() bound
-    i_t = 0
-    while i_t < TN:
+    i_t = t0
+    while i_t < t1:
         o_t = i_t + tl.arange(0, BT)
-        m_t = (o_t < TN) & (L + o_t < Tmax)
+        m_t = (o_t < t1) & (L + o_t < Tmax)
         m_td = m_t[:, None] & m_d[None, :]
         o_t64 = o_t.to(tl.int64)[:, None]
         o_dst = (L + o_t).to(tl.int64)[:, None]
@@ -229,17 +306,20 @@ def append_kv_kernel(
         m_g = o_g < G
         i_hq = i_h * G + o_g
         p_gc = gc_cache + i_b64 * Tmax * HQ + i_hq
+        p_f = f + i_b64 * stride_fb
         b_base = tl.load(p_gc + (L - 1) * HQ, mask=m_g & (L > 0), other=0.0)
+        # sum of the gates of the tokens before this chunk (a tree sum per tile, tiles in order)
         i_t = 0
-        while i_t < TN:
+        while i_t < t0:
+            o_t = i_t + tl.arange(0, BP)
+            b_g = _log_gates(p_f, o_t, i_hq, (o_t < t0)[:, None] & m_g[None, :], stride_ft, LOGITS)
+            b_base = b_base + tl.sum(b_g, 0)
+            i_t += BP
+        i_t = t0
+        while i_t < t1:
             o_t = i_t + tl.arange(0, BT)
-            m_t = o_t < TN
-            m_tg = m_t[:, None] & m_g[None, :]
-            b_g = tl.load(f + i_b64 * stride_fb + o_t.to(tl.int64)[:, None] * stride_ft + i_hq[None, :],
-                          mask=m_tg, other=0.0).to(tl.float32)
-            if LOGITS:
-                b_g = tl.minimum(b_g, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(b_g)))
-                b_g = tl.where(m_tg, b_g, 0.0)
+            m_t = o_t < t1
+            b_g = _log_gates(p_f, o_t, i_hq, m_t[:, None] & m_g[None, :], stride_ft, LOGITS)
             b_c = tl.cumsum(b_g, 0)
             m_st = (m_t & (L + o_t < Tmax))[:, None] & m_g[None, :]
             tl.store(p_gc[None, :] + (L + o_t)[:, None] * HQ, b_base[None, :] + b_c, mask=m_st)

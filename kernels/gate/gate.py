@@ -1,9 +1,10 @@
 """Triton forget gate fused with the KV-cache append (same semantics as ``naive.append_kv``).
 
-Program (b, h) copies the Tn new keys/values of KV head h of sequence b to positions L .. L + Tn - 1
-(L = cache_seqlens[b], read on the device) and, for its G query heads, turns the raw gate logits
-into log gates, g = logsigmoid(f) = min(f, 0) - log(1 + exp(-|f|)), and continues their running
-sum from gc[L - 1] (0 for an empty sequence) in blocks of BT tokens. One launch replaces the eager
+Program (c, b, h) copies token block c of the Tn new keys/values of KV head h of sequence b to
+positions L + c * BT .. (L = cache_seqlens[b], read on the device) and, for its G query heads, turns
+the raw gate logits into log gates, g = logsigmoid(f) = min(f, 0) - log(1 + exp(-|f|)), and
+continues their running sum from gc[L - 1] (0 for an empty sequence) plus the gates of the tokens
+before its block (recomputed from f), so a long prompt is appended by many programs at once. One launch replaces the eager
 ``logsigmoid``, the fp32 cast and the cache append; k, v and f may be strided views (the pieces of
 one fused q/k/v/f projection). No host synchronisation: safe inside a CUDA graph. Tokens that would
 land past Tmax are dropped, as in ``kernels.attn.decoding.update_cache``.
