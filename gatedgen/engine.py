@@ -25,10 +25,11 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+import kernels
 from gatedgen.cache import KVCache
 from gatedgen.errors import GatedgenError
+from gatedgen.linears import use_skinny_linears
 from gatedgen.model import CausalLM
 from gatedgen.sampling import Sampler, SamplingParams
 
@@ -67,7 +68,7 @@ class _FusedLinear(nn.Module):
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x is not self._x:
-            self._parts = F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+            self._parts = kernels.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
             self._x = x
         return self._parts
 
@@ -195,6 +196,8 @@ class Decoder:
         self.use_graphs = graphs_enabled(device) if use_graphs is None else (use_graphs and device.type == "cuda")
         if device.type == "cuda" and os.environ.get("GATEDGEN_NO_FUSE", "0") != "1":
             fuse_projections(model)
+        if device.type == "cuda" and os.environ.get("GATEDGEN_NO_SKINNY", "0") != "1":
+            use_skinny_linears(model)  # decode-step GEMMs on the Triton skinny GEMM (kernels/gemm)
         self._samplers: dict[tuple, Sampler] = {}
         self._graphs: dict[tuple, GraphDecoder] = {}
 

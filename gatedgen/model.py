@@ -288,7 +288,7 @@ class CausalLM(nn.Module):
             cache.commit(step, input_ids.shape[1])
         x, residual = x[:, keep], residual[:, keep]
         x, _ = self.model.norm(x, residual)
-        return F.linear(x, self.output_weight).float()
+        return kernels.linear(x, self.output_weight).float()  # Triton GEMV at decode (kernels/gemm)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         return KVCache(self.cfg, batch_size, max_len, self.output_weight.dtype, self.output_weight.device)

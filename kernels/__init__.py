@@ -12,6 +12,7 @@ Fused model ops (kernels/norm, kernels/glu, kernels/gate; references in each ``n
     rms_norm(x, weight, eps, residual=None) -> (y, x + residual)
     swiglu(gate, up)
     append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)   f: forget-gate logits
+    linear(x, weight, bias=None)   F.linear; Triton skinny GEMM for <= 32 rows on CUDA (kernels/gemm)
     apply_rope(q, k, cos, sin) -> (q, k) rotated      cos, sin: [B or 1, T, D/2] fp32 (kernels/rope)
 """
 
@@ -21,6 +22,7 @@ from kernels.dispatch import (
     append_kv,
     apply_rope,
     decode_attn,
+    linear,
     parallel_attn,
     rebase_gate_cache,
     rms_norm,
@@ -36,6 +38,7 @@ __all__ = [
     "append_kv",
     "apply_rope",
     "decode_attn",
+    "linear",
     "parallel_attn",
     "rebase_gate_cache",
     "rms_norm",

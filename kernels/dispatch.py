@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 
 import torch
 
@@ -82,3 +83,22 @@ def apply_rope(q, k, cos, sin):
 
 def append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens):
     return _fused_impl("gate", "gate", "append_kv", k_cache)(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)
+
+
+# Rows up to which linear maps take the Triton skinny GEMM (decode steps); prefill stays on cuBLAS.
+SKINNY_MAX_ROWS = 32
+_SKINNY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight^T + bias: the Triton skinny GEMM (kernels/gemm/skinny.py) for CUDA inputs of at most
+    SKINNY_MAX_ROWS rows (M = x.numel() // K) without autograd, F.linear (cuBLAS) otherwise and
+    everywhere when GATEDGEN_NO_SKINNY=1 (for comparisons)."""
+    K = x.shape[-1]
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    if (x.is_cuda and not grad and 0 < x.numel() <= SKINNY_MAX_ROWS * K and x.dtype == weight.dtype
+            and x.dtype in _SKINNY_DTYPES and weight.stride(-1) == 1 and triton_available()
+            and os.environ.get("GATEDGEN_NO_SKINNY", "0") != "1"):
+        return importlib.import_module("kernels.gemm.skinny").linear(x, weight, bias)
+    return importlib.import_module("kernels.gemm.naive").linear(x, weight, bias)

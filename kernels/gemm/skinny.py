@@ -1,0 +1,192 @@
+"""Triton skinny GEMM y = x W^T + b for few rows (M = x.numel() // K <= 32: decode steps).
+
+Same semantics as ``naive.linear`` (fp32 accumulation, output in x's dtype). At M = 1..32 a linear
+map is one read of W [N, K] and little else, so the kernel is built for HBM bandwidth. The grid is
+(weight-row slabs, K splits): each program owns BN rows of W and a range of K, streams its [BN, BK]
+weight tiles with 16-byte loads and reads the M rows of x (tiny, L2-resident) beside them:
+* M = 1 (FMA path): products accumulate elementwise in an fp32 [BN, BK] block, summed over K once at
+  the end. K is a constexpr and the K loop fully unrolled, so every tile's loads are issued before
+  the first is used (the model's small maps are then in flight all at once, one DRAM latency);
+* M >= 2 (dot path): tensor-core products W_tile @ x_tile^T ([BN, BK] x [BK, BM], BM = max(16, M)
+  with zero rows: the "swap AB" skinny GEMM), K loop software-pipelined (num_stages).
+Few slabs (N = 576) would leave most SMs idle, so K is split across programs: each writes its fp32
+partial [BN, M] to a workspace and bumps a per-slab counter; the last to arrive sums the SPLIT_K
+partials in a fixed order (deterministic), adds the bias, writes y and resets the counter to 0
+(self-cleaning: one launch, no memset). Block sizes come from a rule per (M, N, K, dtype, SMs)
+(``config``, cached): no autotuning at call time, nothing allocated that depends on data, no host
+sync -- safe under CUDA-graph capture. The counters are one buffer per device: calls must not run
+concurrently on two streams.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.utils import cdiv, dot, fix_triton_interpreter_index, next_power_of_2, num_sms
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if _INTERPRET:
+    fix_triton_interpreter_index()
+
+MAX_ROWS = 64  # rows of x one call takes (the dot path keeps BM <= 64 x rows per program)
+NUM_LOCKS = 4096  # per-slab split-K counters per device (split-K is for few slabs only)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _write_out(y, b, b_y, o_n, m_n, o_m, m_m, N, HAS_B: tl.constexpr):
+    if HAS_B:
+        b_y += tl.load(b + o_n, mask=m_n, other=0.0).to(tl.float32)[:, None]
+    tl.store(y + o_m[None, :] * N + o_n[:, None], b_y.to(y.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
+
+
+@triton.jit
+def skinny_linear_kernel(x, w, b, y, part, lock, M, N, stride_xm, stride_wn,
+                         K: tl.constexpr, K_SPLIT: tl.constexpr, SPLIT_K: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                         USE_DOT: tl.constexpr, HAS_B: tl.constexpr, DOT_PREC: tl.constexpr):
+    i_n, i_k = tl.program_id(0), tl.program_id(1)
+    o_n = i_n * BN + tl.arange(0, BN)
+    o_m = tl.arange(0, BM)
+    m_n, m_m = o_n < N, o_m < M
+    p_w = w + o_n.to(tl.int64)[:, None] * stride_wn
+    k0 = i_k * K_SPLIT
+    if USE_DOT:
+        b_y = tl.zeros([BN, BM], dtype=tl.float32)
+        for i in tl.range(0, K_SPLIT, BK):
+            o_k = k0 + i + tl.arange(0, BK)
+            m_k = o_k < K
+            b_w = tl.load(p_w + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_x = tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b_y += dot(b_w, tl.trans(b_x), DOT_PREC)
+    else:  # M = 1
+        b_acc = tl.zeros([BN, BK], dtype=tl.float32)
+        for i in tl.static_range(0, K_SPLIT, BK):
+            o_k = k0 + i + tl.arange(0, BK)
+            m_k = o_k < K
+            b_w = tl.load(p_w + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_x = tl.load(x + o_k, mask=m_k, other=0.0)
+            b_acc += b_w.to(tl.float32) * b_x.to(tl.float32)[None, :]
+        b_y = tl.sum(b_acc, 1)[:, None]  # [BN, BM = 1]
+    if SPLIT_K == 1:
+        _write_out(y, b, b_y, o_n, m_n, o_m, m_m, N, HAS_B)
+    else:
+        o_p = o_m[None, :] * N + o_n[:, None]  # partials [SPLIT_K, M, N] fp32
+        m_p = m_n[:, None] & m_m[None, :]
+        tl.store(part + i_k * M * N + o_p, b_y, mask=m_p)
+        tl.debug_barrier()  # all threads' partials are written before the counter moves (release)
+        count = tl.atomic_add(lock + i_n, 1, sem="acq_rel")
+        if count == SPLIT_K - 1:  # the last split of this slab to finish sums them all
+            b_s = tl.zeros([BN, BM], dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                b_s += tl.load(part + s * M * N + o_p, mask=m_p, other=0.0, cache_modifier=".cg")
+            tl.store(lock + i_n, 0)
+            _write_out(y, b, b_s, o_n, m_n, o_m, m_m, N, HAS_B)
+
+
+class Config(NamedTuple):
+    BN: int  # weight rows per program
+    BK: int  # K tile
+    SPLIT_K: int  # K splits asked for (the launch uses cdiv(K, K_SPLIT) of K_SPLIT = whole BK tiles each)
+    USE_DOT: bool  # tensor-core path (any M <= 64); the FMA path takes M = 1 only
+    num_warps: int
+    num_stages: int = 1
+
+
+def _pick_bk(K: int, candidates: tuple[int, ...]) -> int:
+    """The widest K tile that pads K by at most 12.5%, else the one that pads least."""
+    fits = [c for c in candidates if cdiv(K, c) * c * 8 <= K * 9]
+    return max(fits) if fits else min(candidates, key=lambda c: (cdiv(K, c) * c, -c))
+
+
+@functools.cache
+def config(M: int, N: int, K: int, elem_bytes: int, sms: int) -> Config:
+    """Block sizes for an [M, K] x [N, K]^T product on a device with ``sms`` SMs: about two programs
+    per SM; slabs as wide as that allows; K split when the slabs fill less than one wave."""
+    want = 2 * sms
+    if M == 1:
+        BK = _pick_bk(K, (512, 256, 128, 64, 32, 16))
+        BN = 1
+        while BN < 16 and cdiv(N, 2 * BN) >= want:
+            BN *= 2
+        vec = 16 // elem_bytes  # elements per 16-byte load
+        num_warps, num_stages, use_dot = max(1, min(4, BN * BK // (32 * vec))), 1, False
+    else:
+        BK = _pick_bk(K, (128, 64, 32, 16))
+        BN = next((c for c in (64, 32) if cdiv(N, c) >= want), 16)
+        num_warps, num_stages, use_dot = 4, 3, True
+    blocks = cdiv(N, BN)
+    split = min(cdiv(K, BK), cdiv(want, blocks)) if blocks < sms else 1
+    return Config(BN, BK, split, use_dot, num_warps, num_stages)
+
+
+_LOCKS: dict[torch.device, torch.Tensor] = {}
+
+
+def _locks(device: torch.device) -> torch.Tensor:
+    lock = _LOCKS.get(device)
+    if lock is None:  # zero once; every launch leaves them at zero again
+        lock = _LOCKS[device] = torch.zeros(NUM_LOCKS, dtype=torch.int32, device=device)
+    return lock
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    if _INTERPRET and dtype != torch.float32:  # the interpreter multiplies bf16 as raw integers
+        return "upcast"
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: Config,
+        out: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear`` with explicit block sizes (tests and the benchmark's sweep), optionally into ``out``
+    (contiguous, [..., N] in x's dtype)."""
+    K = x.shape[-1]
+    if weight.ndim != 2 or weight.shape[1] != K:
+        raise ValueError(f"weight {tuple(weight.shape)} does not take {K} inputs")
+    if x.dtype != weight.dtype or x.dtype not in _DTYPES:
+        raise ValueError(f"x {x.dtype} and weight {weight.dtype} must share one of {_DTYPES}")
+    N = weight.shape[0]
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"bias {tuple(bias.shape)} != ({N},)")
+    if weight.stride(1) != 1 and K > 1:
+        raise ValueError("weight rows must be contiguous")
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    if M > MAX_ROWS or (M > 1 and not cfg.USE_DOT):
+        raise ValueError(f"{M} rows: the FMA path takes 1, the dot path at most {MAX_ROWS}")
+    y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device) if out is None else out
+    if y.shape != (*x.shape[:-1], N) or y.dtype != x.dtype or not y.is_contiguous():
+        raise ValueError(f"out must be contiguous {x.dtype} {(*x.shape[:-1], N)}")
+    if M == 0 or N == 0 or K == 0:
+        return y.zero_() if bias is None or M == 0 else y.copy_(bias.expand_as(y))
+    K_SPLIT = cdiv(cdiv(K, cfg.BK), cfg.SPLIT_K) * cfg.BK
+    split = cdiv(K, K_SPLIT)
+    grid = (cdiv(N, cfg.BN), split)
+    if split > 1 and grid[0] > NUM_LOCKS:
+        raise ValueError(f"split-K needs at most {NUM_LOCKS} slabs, got {grid[0]}")
+    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    skinny_linear_kernel[grid](
+        x2, weight, bias if bias is not None else weight, y, part, _locks(x.device), M, N,
+        x2.stride(0), weight.stride(0), K=K, K_SPLIT=K_SPLIT, SPLIT_K=split,
+        BM=max(16, next_power_of_2(M)) if cfg.USE_DOT else 1, BN=cfg.BN, BK=cfg.BK, USE_DOT=cfg.USE_DOT,
+        HAS_B=bias is not None, DOT_PREC=_dot_prec(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y
+
+
+def linear(
+    x: torch.Tensor,  # [..., K], M = x.numel() // K <= MAX_ROWS rows
+    weight: torch.Tensor,  # [N, K] (rows contiguous), x's dtype
+    bias: torch.Tensor | None = None,  # [N]
+) -> torch.Tensor:  # [..., N] in x's dtype
+    K = x.shape[-1]
+    M = x.numel() // K if K else 0
+    return run(x, weight, bias, config(M, weight.shape[0], K, x.element_size(), num_sms(x.device)))
