@@ -16,6 +16,7 @@ import torch
 from gatedgen.engine import Decoder
 from gatedgen.errors import GatedgenError
 from gatedgen.model import CausalLM
+from gatedgen.prefill_graph import PrefillGraphs, graphable
 from gatedgen.sampling import SamplingParams
 from gatedgen.stops import StopMatcher
 from gatedgen.tokenizer import Tokenizer
@@ -78,6 +79,9 @@ class Session:
         self.tokens: list[int] = []  # exactly the tokens whose keys/values are in the cache
         self.device = model.output_weight.device
         self.decoder = Decoder(model, self.cache)  # decode steps: CUDA-graph replays on CUDA
+        # prefills into the empty cache: one CUDA graph per prompt-length bucket (prefill_graph.py)
+        graphed = self.decoder.use_graphs and graphable(model, self.cache)
+        self.prefill_graphs = PrefillGraphs(model, self.cache) if graphed else None
         self.eos_ids = set(tokenizer.eos_token_ids) | set(model.cfg.eos_token_id)
 
     def reset(self) -> None:
@@ -96,8 +100,8 @@ class Session:
         if self.cache.lengths[0] > n:
             self.cache.truncate(n)
 
-    def set_context(self, ids: list[int]) -> list[int]:
-        """Reuse the cached prefix shared with ``ids``; return the tokens still to prefill."""
+    def _reusable(self, ids: list[int]) -> int:
+        """How many leading tokens of ``ids`` the cache already holds and keeps."""
         self._sync_tokens()
         common = 0
         for a, b in zip(self.tokens, ids):
@@ -106,6 +110,11 @@ class Session:
             common += 1
         if common == len(ids) and common > 0:
             common -= 1  # the last token must be fed again to get the next-token logits
+        return common
+
+    def set_context(self, ids: list[int]) -> list[int]:
+        """Reuse the cached prefix shared with ``ids``; return the tokens still to prefill."""
+        common = self._reusable(ids)
         if common < len(self.tokens):
             self.cache.truncate(common)
             self.tokens = self.tokens[:common]
@@ -115,10 +124,14 @@ class Session:
     def _feed(self, ids: list[int]) -> torch.Tensor:
         """Append ids to the cache; return the logits after the last one, [1, V] fp32."""
         logits = None
+        graphs = self.prefill_graphs
         for i in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[i : i + PREFILL_CHUNK]
-            x = torch.tensor([chunk], dtype=torch.long, device=self.device)
-            logits = self.model(x, self.cache, last_only=True)[:, -1]
+            if graphs is not None and self.cache.lengths[0] == 0 and graphs.fits(len(chunk)):
+                logits = graphs.prefill(chunk)  # one graph replay (padded to its bucket)
+            else:
+                x = torch.tensor([chunk], dtype=torch.long, device=self.device)
+                logits = self.model(x, self.cache, last_only=True)[:, -1]
             self.tokens.extend(chunk)
             if self.cache.lengths[0] % REBASE_EVERY < len(chunk):
                 self.cache.rebase_gates()
@@ -134,6 +147,9 @@ class Session:
         stats = Stats()
         sampler = self.decoder.sampler(settings.sampling)  # reset; the decode steps sample with it
         self.decoder.capture(settings.sampling)  # once per setting, before any timing
+        if self.prefill_graphs is not None and self._reusable(ids) == 0:
+            self.reset()  # nothing to reuse: start empty now and capture the prompt's bucket untimed
+            self.prefill_graphs.prepare(min(len(ids), PREFILL_CHUNK))
         start = time.perf_counter()
         new = self.set_context(ids)
         sampler.prime([ids])

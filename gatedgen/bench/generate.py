@@ -10,6 +10,10 @@ warm-up run (graph capture and Triton autotuning happen at start-up, outside the
     bandwidth    (weight bytes + mean KV-cache bytes read per step) / step time
     prefill tok/s  a separate B=1 pass over a ``--prefill-len`` prompt (cache empty), to logits
 
+With CUDA graphs on, a B=1 prefill into the empty cache replays the prompt's bucket graph
+(gatedgen/prefill_graph.py, captured before timing), as a Session's first turn does; the eager
+prefill's TTFT and tok/s are then reported too (note column).
+
 Peers (when importable, same config, random weights, same dtype, greedy, HF ``generate`` with a
 dynamic cache): ``transformers.LlamaForCausalLM`` for the ungated configs and fla's
 ``ForgettingTransformerForCausalLM`` for the gated ones; their TTFT is ``generate`` of one token,
@@ -18,6 +22,7 @@ their decode rate (N - 1) * B / (t(N) - t(1)), their prefill one forward.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -50,6 +55,8 @@ class Row:
     prefill_tps: float | None = None
     bandwidth_gbs: float | None = None
     note: str = ""
+    ttft_eager_ms: float | None = None  # B=1 with graphs on: the same with the eager prefill
+    prefill_eager_tps: float | None = None
 
 
 def _sync(device) -> None:
@@ -79,26 +86,70 @@ def _kv_bytes_per_token(cfg: ModelConfig, dtype) -> int:
     return cfg.num_hidden_layers * per_layer
 
 
+def _graphs_on(device, use_graphs: bool | None) -> bool:
+    from gatedgen.engine import graphs_enabled
+
+    device = torch.device(device)
+    return graphs_enabled(device) if use_graphs is None else (use_graphs and device.type == "cuda")
+
+
+def _graph_prefill_applies(model, batch: int, max_len: int, n: int, use_graphs: bool | None) -> bool:
+    """A Session would replay a prefill graph for the first chunk of an n-token prompt."""
+    from gatedgen.generate import PREFILL_CHUNK
+    from gatedgen.prefill_graph import prefill_bucket
+
+    cfg = model.cfg
+    return (batch == 1 and _graphs_on(model.output_weight.device, use_graphs)
+            and not (cfg.use_k_shift or cfg.use_v_shift) and prefill_bucket(min(n, PREFILL_CHUNK), max_len) is not None)
+
+
+def _prefill_graphs(model, cache, n: int, use_graphs: bool | None):
+    """PrefillGraphs on the empty cache with the bucket of an n-token prompt's first chunk captured
+    (None when graphs are off or do not apply)."""
+    from gatedgen.generate import PREFILL_CHUNK
+    from gatedgen.prefill_graph import PrefillGraphs
+
+    if not _graph_prefill_applies(model, cache.batch_size, cache.max_len, n, use_graphs):
+        return None
+    graphs = PrefillGraphs(model, cache)
+    graphs.prepare(min(n, PREFILL_CHUNK))
+    return graphs
+
+
 @torch.inference_mode()
-def _prefill_tps(model, cfg, device, length: int, repeats: int) -> float:
+def _prefill_tps(model, cfg, device, length: int, repeats: int,
+                 use_graphs: bool | None = None) -> tuple[float, float | None]:
+    """(eager tok/s, graphed tok/s or None) of one B=1 prefill of ``length`` tokens into an empty cache."""
     cache = model.new_cache(1, length + 1)
     x = torch.randint(0, cfg.vocab_size, (1, length), device=device)
-    times = []
-    for i in range(repeats + 1):
-        cache.reset()
-        _sync(device)
-        t0 = time.perf_counter()
-        model(x, cache, mode="prefill", last_only=True)
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return length / statistics.median(times)
+    ids = x[0].tolist()
+
+    def tps(prefill) -> float:
+        times = []
+        for i in range(repeats + 1):
+            cache.reset()
+            _sync(device)
+            t0 = time.perf_counter()
+            prefill()
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - t0)
+        return length / statistics.median(times)
+
+    eager = tps(lambda: model(x, cache, mode="prefill", last_only=True))
+    graphs = _prefill_graphs(model, cache, length, use_graphs)
+    if graphs is None or not graphs.fits(length):  # beyond the largest bucket: eager only
+        return eager, None
+    return eager, tps(lambda: graphs.prefill(ids))
 
 
 @torch.inference_mode()
 def bench_ours(model, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int, repeats: int,
-               use_graphs: bool | None = None) -> tuple[float, float, float]:
-    """(ttft seconds, decode tok/s batch total, bytes read per decode step / step seconds)."""
+               use_graphs: bool | None = None, graph_prefill: bool = True) -> tuple[float, float, float]:
+    """(ttft seconds, decode tok/s batch total, bytes read per decode step / step seconds).
+
+    With graphs on and B=1 the first prefill chunk replays a prefill graph (unless ``graph_prefill``
+    is False), like a Session's first turn."""
     from gatedgen.engine import Decoder
     from gatedgen.generate import PREFILL_CHUNK
     from gatedgen.sampling import SamplingParams
@@ -109,7 +160,9 @@ def bench_ours(model, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens:
     decoder = Decoder(model, cache, use_graphs)
     sampler = decoder.sampler(params)
     decoder.capture(params)
+    graphs = _prefill_graphs(model, cache, prompt_len, use_graphs) if graph_prefill else None
     prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len), device=device)
+    first = prompt[0, :PREFILL_CHUNK].tolist()
     ttfts, decodes = [], []
     for run in range(repeats + 1):  # run 0: warm-up (autotuning of the prefill shapes)
         cache.reset()
@@ -117,7 +170,10 @@ def bench_ours(model, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens:
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, prompt_len, PREFILL_CHUNK):
-            logits = model(prompt[:, i : i + PREFILL_CHUNK], cache, mode="prefill", last_only=True)[:, -1]
+            if i == 0 and graphs is not None:
+                logits = graphs.prefill(first)  # what Session does for the first chunk (from host ids)
+            else:
+                logits = model(prompt[:, i : i + PREFILL_CHUNK], cache, mode="prefill", last_only=True)[:, -1]
         ids = sampler(logits)
         ids.tolist()
         t1 = time.perf_counter()
@@ -211,10 +267,22 @@ def run(configs: list[str], batches: list[int], prompt_len: int, new_tokens: int
         else:
             cfg = PRESETS[name]
             model = random_model(cfg, device, dt)
-        prefill = _prefill_tps(model, cfg, device, prefill_len, repeats)
+        if device == "cuda" and os.environ.get("GATEDGEN_NO_FUSE", "0") != "1":
+            from gatedgen.engine import fuse_projections
+
+            fuse_projections(model)  # as a Session's Decoder does before anything runs
+        prefill_eager, prefill_graph = _prefill_tps(model, cfg, device, prefill_len, repeats, use_graphs)
         for b in batches:
             ttft, dec, bw = bench_ours(model, cfg, b, prompt_len, new_tokens, repeats, use_graphs)
-            rows.append(Row("gatedgen", name, b, ttft * 1e3, dec, prefill if b == batches[0] else None, bw / 1e9))
+            row = Row("gatedgen", name, b, ttft * 1e3, dec, None, bw / 1e9)
+            if b == batches[0]:
+                row.prefill_tps = prefill_graph or prefill_eager
+                row.prefill_eager_tps = prefill_eager if prefill_graph else None
+            if _graph_prefill_applies(model, b, prompt_len + new_tokens + 1, prompt_len, use_graphs):
+                ttft_eager, _, _ = bench_ours(model, cfg, b, prompt_len, new_tokens, repeats, use_graphs,
+                                              graph_prefill=False)
+                row.ttft_eager_ms = ttft_eager * 1e3
+            rows.append(row)
             log(rows[-1])
         del model
         if peers and device == "cuda" and (cfg.gated or cfg.rope_theta is not None):  # fla FoX / HF Llama
@@ -244,8 +312,12 @@ def format_table(rows: list[Row]) -> str:
     lines = ["| system | config | batch | TTFT ms | decode tok/s | prefill tok/s | GB/s | note |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        note = [r.note] if r.note else []
+        if r.ttft_eager_ms is not None or r.prefill_eager_tps is not None:  # graphed prefill above
+            note.append(f"eager prefill: TTFT {f(r.ttft_eager_ms, '.2f')} ms, {f(r.prefill_eager_tps, ',.0f')} tok/s")
         lines.append(f"| {r.system} | {r.config} | {r.batch or '-'} | {f(r.ttft_ms, '.2f')} | "
-                     f"{f(r.decode_tps, ',.0f')} | {f(r.prefill_tps, ',.0f')} | {f(r.bandwidth_gbs, ',.0f')} | {r.note} |")
+                     f"{f(r.decode_tps, ',.0f')} | {f(r.prefill_tps, ',.0f')} | {f(r.bandwidth_gbs, ',.0f')} | "
+                     f"{'; '.join(note)} |")
     return "\n".join(lines)
 
 
