@@ -5,7 +5,8 @@
 Each prompt (prompts.py) is rendered with the teacher's own chat template and answered with
 sampling (temperature 0.9, top-p 0.95) by ``gatedgen.batch.generate_stream``: --batch rows decode
 together (one CUDA graph), and a row whose answer ended takes the next prompt at once. New prompts
-stop after --seconds; answers in flight are finished. Answers cut off by --max-tokens are dropped.
+stop after --seconds; answers in flight are finished. Answers cut off by --max-tokens end at
+their last full sentence (dropped if that leaves under 200 characters).
 Output: shards ``corpus-NNN.jsonl.gz`` of --shard records, one JSON object per line:
 {"kind", "prompt", "text"}.
 """
@@ -71,11 +72,14 @@ def main() -> None:
                                                         max_prompt_tokens=256, chunk=16, stats=stats), 1):
         kind, prompt = items[index]
         text = result.text.strip()
-        if result.finish_reason == "stop" and len(text) > 20:  # drop answers cut off by the limit
+        if result.finish_reason == "length":  # cut off by the limit: keep it up to its last full sentence
+            end = max(text.rfind(c) for c in ".!?")
+            text = text[: end + 1] if end >= 200 else ""
+        if len(text) > 20:
             if f is None or kept % args.shard == 0:
                 if f is not None:
                     f.close()
-                f = gzip.open(out / f"corpus-{shard_no:03d}.jsonl.gz", "wt", encoding="utf-8")
+                f = gzip.open(out / f"corpus-{args.seed}-{shard_no:03d}.jsonl.gz", "wt", encoding="utf-8")
                 shard_no += 1
             f.write(json.dumps({"kind": kind, "prompt": prompt, "text": text}) + "\n")
             kept += 1
