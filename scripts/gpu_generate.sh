@@ -71,7 +71,7 @@ for name in ("135m", "135m-llama"):
             cache.reset()
             with torch.inference_mode(): m(x, cache, mode="prefill", last_only=True)
         t_eager = wall(eager)
-        g = PrefillGraphs(m, cache); g.capture([T])
+        cache.reset(); g = PrefillGraphs(m, cache); g.capture([T])
         def graphed():
             cache.reset(); g.prefill(ids)
         t_graph = wall(graphed)

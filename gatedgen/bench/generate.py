@@ -137,6 +137,7 @@ def _prefill_tps(model, cfg, device, length: int, repeats: int,
         return length / statistics.median(times)
 
     eager = tps(lambda: model(x, cache, mode="prefill", last_only=True))
+    cache.reset()  # prefill graphs are captured on an empty cache
     graphs = _prefill_graphs(model, cache, length, use_graphs)
     if graphs is None or not graphs.fits(length):  # beyond the largest bucket: eager only
         return eager, None
