@@ -75,15 +75,17 @@ from kernels.utils import LOG2E, cdiv, check_gate_cache, next_power_of_2, num_sm
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Launch defaults (measured on H100, see docs/notes-decode.md); tests and the bench override them.
-PROGRAMS_PER_SM = 4  # split count target: NS * B * H ~ PROGRAMS_PER_SM * SMs
+# split count target: NS * B * H ~ PROGRAMS_PER_SM * SMs; 1 with the fused merge was the sweep's best on
+# the H100 (2026-11-24: 1x4096 19.4 us vs 21.8 for 4 + merge kernel; 1x32768 66.6 vs 72.4 us)
+PROGRAMS_PER_SM = 1
 MAX_SPLITS = 128
 MERGE_BLOCK = 32  # partials merged per step in the merge kernel
 # tiles of < 16 query rows (Tq * G): pad to a 16-row tl.dot tile (True) or broadcast-multiply-reduce
 SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (H100, notes)
 # how the NS > 1 partials are merged: "kernel" (a second launch, decode_merge_kernel) or "fused" (the
-# last split program of each (b, KV head) merges); "kernel" until the GPU sweep has compared them
+# last split program of each (b, KV head) merges, one launch); "fused" won the H100 sweep (notes)
 MERGE_MODES = ("kernel", "fused")
-MERGE = os.environ.get("GATEDGEN_DECODE_MERGE", "kernel")
+MERGE = os.environ.get("GATEDGEN_DECODE_MERGE", "fused")
 MERGE_TILE = 8192  # elements of the fused merge's [rows, slices, D] tile (64 fp32 registers per thread)
 # cache append: tokens per program (None = one BT-token tile each, many programs for a long prompt;
 # a large value gives the old one-program-per-(b, KV head) walk, kept for the bench)
