@@ -5,7 +5,9 @@ linear map is a read of its weight, which cuBLAS does at a fraction of HBM bandw
 
 ``kernels.linear`` takes the Triton kernel for CUDA inputs of at most 32 rows without autograd and
 F.linear (cuBLAS) otherwise, so prefill is unchanged. The fused projections (engine._FusedLinear) and
-the LM head (CausalLM._run) call ``kernels.linear`` themselves. GATEDGEN_NO_SKINNY=1 puts every one of
+the LM head (CausalLM._run) call ``kernels.linear`` themselves; a fused MLP (model.MLP.glu) calls
+``kernels.linear_swiglu``: the skinny GEMM with a SwiGLU epilogue at decode (gate/up and silu * up
+in one kernel), cuBLAS then the SwiGLU kernel at prefill. GATEDGEN_NO_SKINNY=1 puts every one of
 them back on F.linear (the Decoder then also leaves the modules alone).
 """
 

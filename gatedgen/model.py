@@ -210,9 +210,19 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.intermediate_size = cfg.intermediate_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))  # silu(gate) * up
+        return self.down_proj(self.glu(x))
+
+    def glu(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate_proj x) * up_proj x. After engine.fuse_projections gate/up are the two row blocks of
+        one weight (``fused_in``): one op then computes both products and the SwiGLU (at decode the
+        skinny GEMM with a SwiGLU epilogue, one kernel; prefill: cuBLAS, then the SwiGLU kernel)."""
+        fused = self._modules.get("fused_in")
+        if fused is not None:
+            return kernels.linear_swiglu(x, fused.weight, self.intermediate_size, fused.bias)
+        return kernels.swiglu(self.gate_proj(x), self.up_proj(x))
 
 
 class Block(nn.Module):

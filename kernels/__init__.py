@@ -13,6 +13,7 @@ Fused model ops (kernels/norm, kernels/glu, kernels/gate; references in each ``n
     swiglu(gate, up)
     append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)   f: forget-gate logits
     linear(x, weight, bias=None)   F.linear; Triton skinny GEMM for <= 32 rows on CUDA (kernels/gemm)
+    linear_swiglu(x, weight, inter, bias=None)   swiglu of a fused gate/up linear (skinny GEMM epilogue)
     apply_rope(q, k, cos, sin) -> (q, k) rotated      cos, sin: [B or 1, T, D/2] fp32 (kernels/rope)
 """
 
@@ -23,6 +24,7 @@ from kernels.dispatch import (
     apply_rope,
     decode_attn,
     linear,
+    linear_swiglu,
     parallel_attn,
     rebase_gate_cache,
     rms_norm,
@@ -39,6 +41,7 @@ __all__ = [
     "apply_rope",
     "decode_attn",
     "linear",
+    "linear_swiglu",
     "parallel_attn",
     "rebase_gate_cache",
     "rms_norm",

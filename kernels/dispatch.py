@@ -90,15 +90,34 @@ SKINNY_MAX_ROWS = 32
 _SKINNY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _skinny_ok(x, weight, bias) -> bool:
+    """The Triton skinny GEMM takes it: CUDA, no autograd, at most SKINNY_MAX_ROWS rows, one supported
+    dtype, contiguous weight rows, and GATEDGEN_NO_SKINNY unset."""
+    K = x.shape[-1]
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    return (x.is_cuda and not grad and 0 < x.numel() <= SKINNY_MAX_ROWS * K and x.dtype == weight.dtype
+            and x.dtype in _SKINNY_DTYPES and weight.stride(-1) == 1 and triton_available()
+            and os.environ.get("GATEDGEN_NO_SKINNY", "0") != "1")
+
+
 def linear(x, weight, bias=None):
     """x @ weight^T + bias: the Triton skinny GEMM (kernels/gemm/skinny.py) for CUDA inputs of at most
     SKINNY_MAX_ROWS rows (M = x.numel() // K) without autograd, F.linear (cuBLAS) otherwise and
     everywhere when GATEDGEN_NO_SKINNY=1 (for comparisons)."""
-    K = x.shape[-1]
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad))
-    if (x.is_cuda and not grad and 0 < x.numel() <= SKINNY_MAX_ROWS * K and x.dtype == weight.dtype
-            and x.dtype in _SKINNY_DTYPES and weight.stride(-1) == 1 and triton_available()
-            and os.environ.get("GATEDGEN_NO_SKINNY", "0") != "1"):
+    if _skinny_ok(x, weight, bias):
         return importlib.import_module("kernels.gemm.skinny").linear(x, weight, bias)
     return importlib.import_module("kernels.gemm.naive").linear(x, weight, bias)
+
+
+def linear_swiglu(x, weight, inter, bias=None):
+    """silu(gate) * up of one gate/up GEMM (weight [2 inter, K]: gate rows, then up rows) -> [..., inter]:
+    the skinny GEMM with its SwiGLU epilogue where ``linear`` takes the skinny GEMM (one kernel);
+    otherwise F.linear then ``swiglu`` (the Triton SwiGLU kernel on CUDA without autograd, the
+    reference elsewhere: then exactly kernels.gemm.naive.linear_swiglu)."""
+    if _skinny_ok(x, weight, bias):
+        return importlib.import_module("kernels.gemm.skinny").linear_swiglu(x, weight, inter, bias)
+    if weight.shape[0] != 2 * inter:
+        raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
+    gate, up = importlib.import_module("kernels.gemm.naive").linear(x, weight, bias).split(inter, dim=-1)
+    return swiglu(gate, up)

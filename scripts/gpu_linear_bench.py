@@ -1,7 +1,10 @@
 """Skinny GEMM on the GPU (run by scripts/gpu_linear.sh): per-call time of cuBLAS F.linear and of
 kernels/gemm/skinny.py at the model's (N, K) and M = 1..32; a block-size sweep at M = 1 and 32 (the
-config rule's pick beside the best tried); one decode step's graph replay with and without
-GATEDGEN_NO_SKINNY=1. Prints tables; writes $OUT/linear_bench.json.
+config rule's pick beside the best tried); the MLP's gate/up + SwiGLU at decode three ways (cuBLAS +
+SwiGLU kernel, skinny GEMM + SwiGLU kernel, skinny GEMM with its SwiGLU epilogue: linear_swiglu);
+one decode step's graph replay with GATEDGEN_NO_SKINNY=1, with the skinny GEMM but the MLP unfused
+(GEMM + SwiGLU kernel, as before linear_swiglu), and as shipped. Prints tables; writes
+$OUT/linear_bench.json.
 
 Each timing is one CUDA graph of back-to-back calls on distinct weight copies (>= ~150 MB of them,
 three times the H100's 50 MB L2, as in a decode step where every layer reads new weights; the small
@@ -18,13 +21,16 @@ import time
 import torch
 import torch.nn.functional as F
 
+import kernels
 from kernels.gemm import skinny
 from kernels.gemm.skinny import Config
+from kernels.glu.swiglu import swiglu
 from kernels.utils import cdiv, num_sms
 
 SHAPES = [(969, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576),
           (768, 256), (256, 256), (1536, 256), (256, 768), (4096, 256)]
 BIG = SHAPES[:5]  # the 135M model's maps
+GLU_SHAPES = [(1536, 576), (768, 256)]  # (I, K) of the gate/up maps: W [2 I, K]
 MS = (1, 2, 4, 8, 16, 32)
 DTYPE = torch.bfloat16
 DEVICE = "cuda"
@@ -73,6 +79,26 @@ def bench_table() -> list[dict]:
             gbs = (N * K + M * K + M * N) * 2 / t_ours / 1e3
             rows.append(dict(N=N, K=K, M=M, cublas_us=t_cublas, ours_us=t_ours, ours_gbs=gbs,
                              speedup=t_cublas / t_ours, err=err, cfg=cfg._asdict()))
+        del ws
+    return rows
+
+
+def bench_glu() -> list[dict]:
+    """silu(x W_g^T) * (x W_u^T) per call: cuBLAS + SwiGLU kernel, skinny + SwiGLU kernel, fused epilogue."""
+    rows = []
+    for I, K in GLU_SHAPES:
+        ws = weights(2 * I, K)
+        for M in MS:
+            x = torch.randn(M, K, device=DEVICE, dtype=DTYPE)
+            gate, up = F.linear(x.double(), ws[0].double()).chunk(2, dim=-1)
+            err = rel_err(skinny.linear_swiglu(x, ws[0], I), F.silu(gate) * up)
+            t_cublas = per_call_us([lambda w=w, x=x: swiglu(*F.linear(x, w).chunk(2, dim=-1)) for w in ws])
+            t_skinny = per_call_us([lambda w=w, x=x: swiglu(*skinny.linear(x, w).chunk(2, dim=-1)) for w in ws])
+            t_fused = per_call_us([lambda w=w, x=x, i=I: skinny.linear_swiglu(x, w, i) for w in ws])
+            rows.append(dict(I=I, K=K, M=M, cublas_swiglu_us=t_cublas, skinny_swiglu_us=t_skinny,
+                             fused_us=t_fused, err=err))
+            print(f"glu I={I:5d} K={K:4d} M={M:2d}: cuBLAS+swiglu {t_cublas:6.2f} us  skinny+swiglu {t_skinny:6.2f} us  "
+                  f"linear_swiglu {t_fused:6.2f} us  rel err {err:.1e}", flush=True)
         del ws
     return rows
 
@@ -128,12 +154,20 @@ def sweep(deadline: float) -> list[dict]:
     return rows
 
 
-def replay_step(name: str, B: int, skinny_on: bool) -> float:
+def _unfused_linear_swiglu(x, weight, inter, bias=None):
+    """The MLP as before linear_swiglu: one gate/up GEMM, then the SwiGLU kernel."""
+    return kernels.swiglu(*kernels.linear(x, weight, bias).split(inter, dim=-1))
+
+
+def replay_step(name: str, B: int, skinny_on: bool, fused_glu: bool = True) -> float:
     from gatedgen.bench.generate import PRESETS, random_model
     from gatedgen.engine import Decoder
     from gatedgen.sampling import SamplingParams
 
     os.environ["GATEDGEN_NO_SKINNY"] = "0" if skinny_on else "1"
+    real_glu = kernels.linear_swiglu
+    if not fused_glu:
+        kernels.linear_swiglu = _unfused_linear_swiglu
     p = SamplingParams(temperature=0)
     m = random_model(PRESETS[name], "cuda", DTYPE)
     c = m.new_cache(B, 1024)
@@ -153,6 +187,8 @@ def replay_step(name: str, B: int, skinny_on: bool) -> float:
     e1.record()
     torch.cuda.synchronize()
     os.environ.pop("GATEDGEN_NO_SKINNY")
+    kernels.linear_swiglu = real_glu
+    del d, g, c, m
     return e0.elapsed_time(e1) / 100 * 1e3
 
 
@@ -174,15 +210,18 @@ def main() -> None:
               f"{r['speedup']:7.2f} {r['err']:8.1e}  BN={c['BN']} BK={c['BK']} S={c['SPLIT_K']} "
               f"{'dot' if c['USE_DOT'] else 'fma'} w={c['num_warps']}", flush=True)
 
+    print()
+    glu = res["glu"] = bench_glu()
+
     if os.environ.get("SKIP_SWEEP", "0") != "1":
         print()
         res["sweep"] = sweep(time.time() + float(os.environ.get("SWEEP_SECONDS", "60")))
 
     e2e = res["replay"] = []
     for B in (1, 32):
-        for on in (False, True):
-            us = replay_step("135m", B, on)
-            e2e.append(dict(config="135m", B=B, skinny=on, us=us))
+        for mode, on, fused in (("cublas", False, True), ("skinny", True, False), ("skinny+glu", True, True)):
+            us = replay_step("135m", B, on, fused)
+            e2e.append(dict(config="135m", B=B, mode=mode, us=us))
             torch.cuda.empty_cache()
     with open(os.path.join(out, "linear_bench.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -195,12 +234,15 @@ def main() -> None:
             sum(r["ours_us"] for r in sel[:4]) * 30 + sel[4]["ours_us"]
         print(f"  M={M:2d}: " + "  ".join(f"({r['N']},{r['K']}) {r['cublas_us']:.1f}->{r['ours_us']:.1f}" for r in sel)
               + f"  | 30 layers + head: {tot_c:.0f} -> {tot_o:.0f} us")
-    print("decode step replay, 135m bf16, context 192:")
+    print("MLP gate/up + SwiGLU, one call (us): cuBLAS+swiglu / skinny+swiglu / linear_swiglu (fused epilogue):")
+    for M in (1, 32):
+        print(f"  M={M:2d}: " + "  ".join(f"I={r['I']} K={r['K']}: {r['cublas_swiglu_us']:.1f} / {r['skinny_swiglu_us']:.1f}"
+                                         f" / {r['fused_us']:.1f} (err {r['err']:.0e})" for r in glu if r["M"] == M))
+    print("decode step replay, 135m bf16, context 192 (us/step, tok/s):")
     for B in (1, 32):
-        off = next(r["us"] for r in e2e if r["B"] == B and not r["skinny"])
-        on = next(r["us"] for r in e2e if r["B"] == B and r["skinny"])
-        print(f"  B={B:2d}: cuBLAS {off:6.0f} us/step ({B * 1e6 / off:7.0f} tok/s)   skinny {on:6.0f} us/step "
-              f"({B * 1e6 / on:7.0f} tok/s)   x{off / on:.2f}")
+        us = {r["mode"]: r["us"] for r in e2e if r["B"] == B}
+        print(f"  B={B:2d}: " + "   ".join(f"{k} {v:6.0f} us ({B * 1e6 / v:7.0f} tok/s)" for k, v in us.items())
+              + f"   glu epilogue saves {us['skinny'] - us['skinny+glu']:.0f} us/step")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""Reference linear map (plain PyTorch, any device): y = x @ weight^T + bias.
+"""Reference linear maps (plain PyTorch, any device).
 
-x: [..., K]; weight: [N, K]; bias: [N] or None. Returns [..., N] in x's dtype (F.linear: cuBLAS on CUDA).
+linear:        y = x @ weight^T + bias.  x: [..., K]; weight: [N, K]; bias: [N] or None -> [..., N]
+linear_swiglu: silu(x W_gate^T + b_gate) * (x W_up^T + b_up) with W = weight [2 I, K] (gate rows
+               0..I-1, up rows I..2I-1), bias [2 I] or None -> [..., I]; the GEMM in x's dtype
+               (F.linear: cuBLAS on CUDA), the SwiGLU in fp32 rounded once (kernels.glu.naive).
+Outputs in x's dtype.
 """
 
 from __future__ import annotations
@@ -8,6 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.glu.naive import swiglu
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return F.linear(x, weight, bias)
+
+
+def linear_swiglu(x: torch.Tensor, weight: torch.Tensor, inter: int,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    if weight.shape[0] != 2 * inter:
+        raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
+    gate, up = F.linear(x, weight, bias).split(inter, dim=-1)
+    return swiglu(gate, up)

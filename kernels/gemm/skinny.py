@@ -16,6 +16,11 @@ partials in a fixed order (deterministic), adds the bias, writes y and resets th
 (``config``, cached): no autotuning at call time, nothing allocated that depends on data, no host
 sync -- safe under CUDA-graph capture. The counters are one buffer per device: calls must not run
 concurrently on two streams.
+
+``linear_swiglu`` (GLU epilogue, the MLP's fused gate/up map at decode): W [2I, K] holds the gate rows
+then the up rows; a program streams gate rows n and up rows I + n side by side (one shared x tile)
+and writes silu(gate) * up [..., I] in fp32, rounded once -- no [..., 2I] intermediate and no
+separate SwiGLU launch. Split-K keeps both partials and the last arrival applies the epilogue.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -40,9 +46,14 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _write_out(y, b, b_y, o_n, m_n, o_m, m_m, N, HAS_B: tl.constexpr):
+def _write_out(y, b, b_y, b_u, o_n, m_n, o_m, m_m, N, HAS_B: tl.constexpr, GLU: tl.constexpr):
+    """y[m, n] = b_y[n, m] + b[n], or with GLU silu(b_y + b[n]) * (b_u + b[N + n]) (gate row n, up row N + n)."""
     if HAS_B:
         b_y += tl.load(b + o_n, mask=m_n, other=0.0).to(tl.float32)[:, None]
+        if GLU:
+            b_u += tl.load(b + N + o_n, mask=m_n, other=0.0).to(tl.float32)[:, None]
+    if GLU:
+        b_y = b_y * tl.sigmoid(b_y) * b_u
     tl.store(y + o_m[None, :] * N + o_n[:, None], b_y.to(y.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
 
 
@@ -50,44 +61,61 @@ def _write_out(y, b, b_y, o_n, m_n, o_m, m_m, N, HAS_B: tl.constexpr):
 def skinny_linear_kernel(x, w, b, y, part, lock, M, N, stride_xm, stride_wn,
                          K: tl.constexpr, K_SPLIT: tl.constexpr, SPLIT_K: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                         USE_DOT: tl.constexpr, HAS_B: tl.constexpr, DOT_PREC: tl.constexpr):
+                         USE_DOT: tl.constexpr, HAS_B: tl.constexpr, GLU: tl.constexpr, DOT_PREC: tl.constexpr):
+    # N: output columns. GLU: W holds 2N rows (gate rows 0..N-1, up rows N..2N-1) and a program
+    # streams the matching up rows beside its gate rows (b_u); the epilogue writes silu(gate) * up.
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     o_m = tl.arange(0, BM)
     m_n, m_m = o_n < N, o_m < M
     p_w = w + o_n.to(tl.int64)[:, None] * stride_wn
+    p_u = w + (o_n.to(tl.int64) + N)[:, None] * stride_wn
     k0 = i_k * K_SPLIT
     if USE_DOT:
         b_y = tl.zeros([BN, BM], dtype=tl.float32)
+        b_u = tl.zeros([BN, BM], dtype=tl.float32)
         for i in tl.range(0, K_SPLIT, BK):
             o_k = k0 + i + tl.arange(0, BK)
             m_k = o_k < K
-            b_w = tl.load(p_w + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_x = tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-            b_y += dot(b_w, tl.trans(b_x), DOT_PREC)
+            m_wk = m_n[:, None] & m_k[None, :]
+            b_x = tl.trans(tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :],
+                                   other=0.0))
+            b_y += dot(tl.load(p_w + o_k[None, :], mask=m_wk, other=0.0), b_x, DOT_PREC)
+            if GLU:
+                b_u += dot(tl.load(p_u + o_k[None, :], mask=m_wk, other=0.0), b_x, DOT_PREC)
     else:  # M = 1
         b_acc = tl.zeros([BN, BK], dtype=tl.float32)
+        b_accu = tl.zeros([BN, BK], dtype=tl.float32)
         for i in tl.static_range(0, K_SPLIT, BK):
             o_k = k0 + i + tl.arange(0, BK)
             m_k = o_k < K
-            b_w = tl.load(p_w + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_x = tl.load(x + o_k, mask=m_k, other=0.0)
-            b_acc += b_w.to(tl.float32) * b_x.to(tl.float32)[None, :]
+            m_wk = m_n[:, None] & m_k[None, :]
+            b_x = tl.load(x + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
+            b_acc += tl.load(p_w + o_k[None, :], mask=m_wk, other=0.0).to(tl.float32) * b_x
+            if GLU:
+                b_accu += tl.load(p_u + o_k[None, :], mask=m_wk, other=0.0).to(tl.float32) * b_x
         b_y = tl.sum(b_acc, 1)[:, None]  # [BN, BM = 1]
+        b_u = tl.sum(b_accu, 1)[:, None]
     if SPLIT_K == 1:
-        _write_out(y, b, b_y, o_n, m_n, o_m, m_m, N, HAS_B)
+        _write_out(y, b, b_y, b_u, o_n, m_n, o_m, m_m, N, HAS_B, GLU)
     else:
-        o_p = o_m[None, :] * N + o_n[:, None]  # partials [SPLIT_K, M, N] fp32
+        NP: tl.constexpr = 2 if GLU else 1  # partials [SPLIT_K, NP, M, N] fp32 (GLU: gate, then up)
+        o_p = o_m[None, :] * N + o_n[:, None]
         m_p = m_n[:, None] & m_m[None, :]
-        tl.store(part + i_k * M * N + o_p, b_y, mask=m_p)
+        tl.store(part + i_k * NP * M * N + o_p, b_y, mask=m_p)
+        if GLU:
+            tl.store(part + (i_k * NP + 1) * M * N + o_p, b_u, mask=m_p)
         tl.debug_barrier()  # all threads' partials are written before the counter moves (release)
         count = tl.atomic_add(lock + i_n, 1, sem="acq_rel")
         if count == SPLIT_K - 1:  # the last split of this slab to finish sums them all
             b_s = tl.zeros([BN, BM], dtype=tl.float32)
+            b_su = tl.zeros([BN, BM], dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):
-                b_s += tl.load(part + s * M * N + o_p, mask=m_p, other=0.0, cache_modifier=".cg")
+                b_s += tl.load(part + s * NP * M * N + o_p, mask=m_p, other=0.0, cache_modifier=".cg")
+                if GLU:
+                    b_su += tl.load(part + (s * NP + 1) * M * N + o_p, mask=m_p, other=0.0, cache_modifier=".cg")
             tl.store(lock + i_n, 0)
-            _write_out(y, b, b_s, o_n, m_n, o_m, m_m, N, HAS_B)
+            _write_out(y, b, b_s, b_su, o_n, m_n, o_m, m_m, N, HAS_B, GLU)
 
 
 class Config(NamedTuple):
@@ -143,17 +171,19 @@ def _dot_prec(dtype: torch.dtype) -> str:
 
 
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: Config,
-        out: torch.Tensor | None = None) -> torch.Tensor:
-    """``linear`` with explicit block sizes (tests and the benchmark's sweep), optionally into ``out``
-    (contiguous, [..., N] in x's dtype)."""
+        out: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+    """``linear`` (or with ``glu`` ``linear_swiglu``) with explicit block sizes (tests and the benchmark's
+    sweep), optionally into ``out`` (contiguous, [..., N] in x's dtype; N = rows of W, halved by glu)."""
     K = x.shape[-1]
     if weight.ndim != 2 or weight.shape[1] != K:
         raise ValueError(f"weight {tuple(weight.shape)} does not take {K} inputs")
     if x.dtype != weight.dtype or x.dtype not in _DTYPES:
         raise ValueError(f"x {x.dtype} and weight {weight.dtype} must share one of {_DTYPES}")
-    N = weight.shape[0]
-    if bias is not None and bias.shape != (N,):
-        raise ValueError(f"bias {tuple(bias.shape)} != ({N},)")
+    if glu and weight.shape[0] % 2:
+        raise ValueError(f"gate/up weight needs an even number of rows, got {weight.shape[0]}")
+    N = weight.shape[0] // 2 if glu else weight.shape[0]
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias {tuple(bias.shape)} != ({weight.shape[0]},)")
     if weight.stride(1) != 1 and K > 1:
         raise ValueError("weight rows must be contiguous")
     x2 = x.reshape(-1, K)
@@ -165,21 +195,32 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
     y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (*x.shape[:-1], N) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be contiguous {x.dtype} {(*x.shape[:-1], N)}")
-    if M == 0 or N == 0 or K == 0:
-        return y.zero_() if bias is None or M == 0 else y.copy_(bias.expand_as(y))
+    if M == 0 or N == 0:
+        return y
+    if K == 0:  # x W^T = 0: y = b (glu: silu(b_gate) * b_up)
+        if bias is None:
+            return y.zero_()
+        b = bias.float()
+        return y.copy_((F.silu(b[:N]) * b[N:] if glu else b).expand_as(y))
     K_SPLIT = cdiv(cdiv(K, cfg.BK), cfg.SPLIT_K) * cfg.BK
     split = cdiv(K, K_SPLIT)
     grid = (cdiv(N, cfg.BN), split)
     if split > 1 and grid[0] > NUM_LOCKS:
         raise ValueError(f"split-K needs at most {NUM_LOCKS} slabs, got {grid[0]}")
-    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    part = torch.empty(split, 2 if glu else 1, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     skinny_linear_kernel[grid](
         x2, weight, bias if bias is not None else weight, y, part, _locks(x.device), M, N,
         x2.stride(0), weight.stride(0), K=K, K_SPLIT=K_SPLIT, SPLIT_K=split,
         BM=max(16, next_power_of_2(M)) if cfg.USE_DOT else 1, BN=cfg.BN, BK=cfg.BK, USE_DOT=cfg.USE_DOT,
-        HAS_B=bias is not None, DOT_PREC=_dot_prec(x.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_B=bias is not None, GLU=glu, DOT_PREC=_dot_prec(x.dtype), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return y
+
+
+def _config_for(x: torch.Tensor, N: int) -> Config:
+    K = x.shape[-1]
+    return config(x.numel() // K if K else 0, N, K, x.element_size(), num_sms(x.device))
 
 
 def linear(
@@ -187,6 +228,16 @@ def linear(
     weight: torch.Tensor,  # [N, K] (rows contiguous), x's dtype
     bias: torch.Tensor | None = None,  # [N]
 ) -> torch.Tensor:  # [..., N] in x's dtype
-    K = x.shape[-1]
-    M = x.numel() // K if K else 0
-    return run(x, weight, bias, config(M, weight.shape[0], K, x.element_size(), num_sms(x.device)))
+    return run(x, weight, bias, _config_for(x, weight.shape[0]))
+
+
+def linear_swiglu(
+    x: torch.Tensor,  # [..., K], M = x.numel() // K <= MAX_ROWS rows
+    weight: torch.Tensor,  # [2 I, K] (rows contiguous): gate rows 0..I-1, then up rows I..2I-1
+    inter: int,  # I
+    bias: torch.Tensor | None = None,  # [2 I]
+) -> torch.Tensor:  # silu(x W_gate^T + b_gate) * (x W_up^T + b_up): [..., I] in x's dtype
+    if weight.shape[0] != 2 * inter:
+        raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
+    # the config of an I-row map: each program then streams twice its rows (gate and up slabs)
+    return run(x, weight, bias, _config_for(x, inter), glu=True)
