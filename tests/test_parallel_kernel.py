@@ -178,7 +178,9 @@ def test_backward_extreme_gates(seed):
     q, k, v, g = _inputs(1, 40, 2, 1, 32, torch.float32, gate_shift=-30.0)
     o, do, (dq, dk, dv, dg) = _run_fwd_bwd(q, k, v, g)
     _check("o", o, v.repeat_interleave(2, dim=2), 1e-5, seed)
-    _check("dv", dv, do.view(1, 40, 1, 2, 32).sum(3), 1e-5, seed)
+    # the running sums reach 40 x -30 = -1200, where fp32 spacing is 1.2e-4: the backward's recomputed
+    # p = exp(s - lse) on the diagonal carries that much relative error (measured 3.5e-5 on the H100)
+    _check("dv", dv, do.view(1, 40, 1, 2, 32).sum(3), BWD_TOL[torch.float32], seed)
     for name, t in (("dq", dq), ("dk", dk), ("dg", dg)):
         assert torch.isfinite(t).all() and t.abs().max() < 1e-4, name
     q, k, v, g = _inputs(1, 40, 2, 1, 32, torch.float32, gate_shift=20.0, qk_gain=4.0)
