@@ -14,23 +14,11 @@ fi
 # GPU time of one replayed decode step (no host sync between replays), to separate kernel time from host time
 timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/replay.log"
 import torch
-from gatedgen.bench.generate import PRESETS, random_model
-from gatedgen.engine import Decoder
-from gatedgen.sampling import SamplingParams
-p = SamplingParams(temperature=0)
+from gatedgen.bench.generate import PRESETS, random_model, replay_step_us
 for name in ("135m", "135m-nogate", "135m-llama"):
     m = random_model(PRESETS[name], "cuda", torch.bfloat16)
     for B in (1, 32):
-        c = m.new_cache(B, 1024); c.seqlens.fill_(192); c.lengths = [192] * B
-        d = Decoder(m, c); d.sampler(p); d.capture(p)
-        g = d._graphs[next(iter(d._graphs))]
-        for _ in range(5): g.graph.replay()
-        c.seqlens.fill_(192)
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(100): g.graph.replay()
-        e1.record(); torch.cuda.synchronize()
-        print(f"replay {name} B={B}: {e0.elapsed_time(e1) / 100 * 1e3:.0f} us/step")
+        print(f"replay {name} B={B}: {replay_step_us(m, B):.0f} us/step")
     del m
 PY
 

@@ -160,36 +160,17 @@ def _unfused_linear_swiglu(x, weight, inter, bias=None):
 
 
 def replay_step(name: str, B: int, skinny_on: bool, fused_glu: bool = True) -> float:
-    from gatedgen.bench.generate import PRESETS, random_model
-    from gatedgen.engine import Decoder
-    from gatedgen.sampling import SamplingParams
+    from gatedgen.bench.generate import PRESETS, random_model, replay_step_us
 
     os.environ["GATEDGEN_NO_SKINNY"] = "0" if skinny_on else "1"
     real_glu = kernels.linear_swiglu
     if not fused_glu:
         kernels.linear_swiglu = _unfused_linear_swiglu
-    p = SamplingParams(temperature=0)
-    m = random_model(PRESETS[name], "cuda", DTYPE)
-    c = m.new_cache(B, 1024)
-    c.seqlens.fill_(192)
-    c.lengths = [192] * B
-    d = Decoder(m, c)
-    d.sampler(p)
-    d.capture(p)
-    g = d._graphs[next(iter(d._graphs))]
-    for _ in range(5):
-        g.graph.replay()
-    c.seqlens.fill_(192)
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(100):
-        g.graph.replay()
-    e1.record()
-    torch.cuda.synchronize()
-    os.environ.pop("GATEDGEN_NO_SKINNY")
-    kernels.linear_swiglu = real_glu
-    del d, g, c, m
-    return e0.elapsed_time(e1) / 100 * 1e3
+    try:
+        return replay_step_us(random_model(PRESETS[name], "cuda", DTYPE), B)
+    finally:
+        os.environ.pop("GATEDGEN_NO_SKINNY")
+        kernels.linear_swiglu = real_glu
 
 
 def main() -> None:

@@ -20,10 +20,9 @@ import time
 import torch
 
 import kernels
-from gatedgen.bench.generate import PRESETS, random_model
+from gatedgen.bench.generate import PRESETS, random_model, replay_step_us
 from gatedgen.engine import Decoder
 from gatedgen.model import rope_cos_sin, rope_inv_freq
-from gatedgen.sampling import SamplingParams
 from kernels.attn import parallel
 
 ROWS: list[tuple[str, str, str]] = []  # (measurement, case, value)
@@ -38,27 +37,9 @@ def sync() -> None:
     torch.cuda.synchronize()
 
 
-@torch.inference_mode()
 def replay_step(model, B: int) -> float:
     """us of GPU time per replayed decode step at 192 cached tokens."""
-    p = SamplingParams(temperature=0)
-    c = model.new_cache(B, 1024)
-    c.seqlens.fill_(192)
-    c.lengths = [192] * B
-    d = Decoder(model, c)
-    d.sampler(p)
-    d.capture(p)
-    g = d._graphs[next(iter(d._graphs))]
-    for _ in range(5):
-        g.graph.replay()
-    c.seqlens.fill_(192)
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(100):
-        g.graph.replay()
-    e1.record()
-    sync()
-    return e0.elapsed_time(e1) / 100 * 1e3
+    return replay_step_us(model, B)
 
 
 @torch.inference_mode()

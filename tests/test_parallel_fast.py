@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import rel_err
+from conftest import nan_buffers_fixture, rel_err
 from kernels.attn import naive
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -27,21 +27,7 @@ from kernels.attn import parallel  # noqa: E402  (after the skip: imports triton
 DEVICE = "cuda" if CUDA else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def nan_buffers(monkeypatch):
-    """torch.empty / empty_like return NaN-filled tensors: any element a kernel skips shows up."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    def nan_empty_like(*args, **kwargs):
-        t = empty_like(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
-    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN-filled torch.empty
 
 
 def _inputs(B, T, HQ, H, D, dtype=torch.float32):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import needs_cuda, rel_err
+from conftest import nan_buffers_fixture, needs_cuda, rel_err
 from kernels.attn import naive
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -32,21 +32,7 @@ FWD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 BWD_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
-@pytest.fixture(autouse=True)
-def nan_buffers(monkeypatch):
-    """torch.empty / empty_like return NaN-filled tensors: any element a kernel skips shows up."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    def nan_empty_like(*args, **kwargs):
-        t = empty_like(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
-    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN-filled torch.empty
 
 
 @pytest.fixture

@@ -323,3 +323,30 @@ def format_table(rows: list[Row]) -> str:
 
 
 __all__ = ["PRESETS", "Row", "format_table", "random_model", "run"]
+
+
+@torch.inference_mode()
+def replay_step_us(model, batch: int, context: int = 192, reps: int = 100) -> float:
+    """GPU time (us) of one CUDA-graph-replayed greedy decode step at ``context`` cached tokens
+    (replays back to back, no host sync between them: kernel time without the host)."""
+    from gatedgen.engine import Decoder
+    from gatedgen.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0)
+    cache = model.new_cache(batch, context + reps + 16)
+    cache.seqlens.fill_(context)
+    cache.lengths = [context] * batch
+    decoder = Decoder(model, cache)
+    decoder.sampler(params)
+    decoder.capture(params)
+    graph = decoder._graphs[next(iter(decoder._graphs))].graph
+    for _ in range(5):
+        graph.replay()
+    cache.seqlens.fill_(context)
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(reps):
+        graph.replay()
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) / reps * 1e3
