@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from gatedgen.bench.generate import graph_replay_us
 from kernels.gemm import skinny
 from kernels.gemm.skinny import Config
 from kernels.glu.swiglu import swiglu
@@ -47,14 +48,7 @@ def per_call_us(calls, reps: int = 10) -> float:
             c()
     graph.replay()
     torch.cuda.synchronize()
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(reps):
-        graph.replay()
-    e1.record()
-    torch.cuda.synchronize()
-    del graph
-    return e0.elapsed_time(e1) * 1e3 / reps / len(calls)
+    return graph_replay_us(graph, reps) / len(calls)
 
 
 def weights(N: int, K: int) -> list[torch.Tensor]:

@@ -343,6 +343,11 @@ def replay_step_us(model, batch: int, context: int = 192, reps: int = 100) -> fl
     for _ in range(5):
         graph.replay()
     cache.seqlens.fill_(context)
+    return graph_replay_us(graph, reps)
+
+
+def graph_replay_us(graph: torch.cuda.CUDAGraph, reps: int) -> float:
+    """GPU time (us) of one replay of ``graph``, from ``reps`` back-to-back replays between two events."""
     e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     e0.record()
     for _ in range(reps):
