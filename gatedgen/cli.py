@@ -36,6 +36,9 @@ def _sampling_options(f):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="Weights dtype (auto: float32 on CPU; on CUDA the checkpoint's own, else bfloat16)."),
+        click.option("--quantize", "-q", type=click.Choice(["auto", "none", "int8"]), default="auto", show_default=True,
+                     help="Weight-only int8 for the linear maps (CPU only; auto: int8 on CPU, none on CUDA). "
+                          "none runs the exact weights."),
         click.option("--max-context", "-c", type=click.IntRange(min=2), default=None,
                      help="Context length to allocate (default: the model's, or 4096)."),
         click.option("--stats", is_flag=True, help="Print token counts and speeds on stderr."),
@@ -116,7 +119,7 @@ def cli() -> None:
 @_sampling_options
 @_guarded
 def complete(prompt, echo, jsonl, truncate, check, model, max_tokens, temperature, top_k, top_p, min_p,
-             repetition_penalty, seed, stop, ignore_eos, device, dtype, max_context, stats, debug):
+             repetition_penalty, seed, stop, ignore_eos, device, dtype, quantize, max_context, stats, debug):
     """Continue a prompt; only the continuation goes to stdout."""
     from gatedgen import runtime, ui
 
@@ -125,7 +128,7 @@ def complete(prompt, echo, jsonl, truncate, check, model, max_tokens, temperatur
         if prompt is not None or echo:
             raise GatedgenError("--jsonl reads its prompts from stdin; drop --prompt/--echo")
         with ui.status("Loading model..."):
-            loaded = runtime.open_session(model, device, dtype, max_context, check=check)
+            loaded = runtime.open_session(model, device, dtype, max_context, check=check, quantize=quantize)
         from gatedgen import jsonl as jsonl_mode
 
         failed = jsonl_mode.run(loaded.session, runtime.stdin_lines(), settings, truncate, ui.write)
@@ -134,7 +137,7 @@ def complete(prompt, echo, jsonl, truncate, check, model, max_tokens, temperatur
         return
     text = runtime.prompt_from_inputs(prompt)
     with ui.status("Loading model..."):
-        loaded = runtime.open_session(model, device, dtype, max_context, check=check)
+        loaded = runtime.open_session(model, device, dtype, max_context, check=check, quantize=quantize)
     session = loaded.session
     ids = runtime.fit_prompt(session.tokenizer.encode(text), session.max_context, max_tokens, truncate,
                              session.tokenizer.bos_token_id)
@@ -156,7 +159,7 @@ def complete(prompt, echo, jsonl, truncate, check, model, max_tokens, temperatur
 @_sampling_options
 @_guarded
 def chat(system_prompt, check, model, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
-         stop, ignore_eos, device, dtype, max_context, stats, debug):
+         stop, ignore_eos, device, dtype, quantize, max_context, stats, debug):
     """Talk with the model. Piped stdin: answer it once and exit."""
     from gatedgen import repl, runtime, ui
 
@@ -164,7 +167,7 @@ def chat(system_prompt, check, model, max_tokens, temperature, top_k, top_p, min
     piped = runtime.stdin_is_piped()
     question = runtime.prompt_from_inputs(None) if piped else None
     with ui.status("Loading model..."):
-        loaded = runtime.open_session(model, device, dtype, max_context, check=check)
+        loaded = runtime.open_session(model, device, dtype, max_context, check=check, quantize=quantize)
     conversation = repl.Conversation(loaded.session, settings, system_prompt)
     if question is not None:
         repl.answer_once(conversation, question, show_stats=stats)
