@@ -190,6 +190,22 @@ def test_fused_merge_counters_reused_across_calls():
         assert counters.numel() >= 1024 and (counters == 0).all()
 
 
+@pytest.mark.parametrize("B,H,Tmax,ceil_ns,waves_ns", [
+    (1, 8, 32768, 17, 16),  # 136 programs would spill 4 past one wave of 132 SMs
+    (8, 8, 8192, 3, 2),  # 192 programs = 1.45 waves; 128 = one
+    (32, 8, 4096, 1, 1),  # already more than one wave without splitting
+    (1, 3, 256, 4, 4),  # capped at one split per 64-token block
+])
+def test_split_count_fills_whole_waves(monkeypatch, B, H, Tmax, ceil_ns, waves_ns):
+    monkeypatch.setattr(decoding, "num_sms", lambda device: 132)
+    assert decoding.num_splits(B, H, Tmax, 64, "cpu", 1, rule="ceil") == ceil_ns
+    ns = decoding.num_splits(B, H, Tmax, 64, "cpu", 1, rule="waves")
+    assert ns == waves_ns
+    assert ns <= min(-(-Tmax // 64), decoding.MAX_SPLITS)
+    with pytest.raises(ValueError, match="split rule"):
+        decoding.num_splits(B, H, Tmax, 64, "cpu", 1, rule="round")
+
+
 def test_merge_mode_is_checked():
     q = torch.zeros(1, 1, 2, 16, device=DEVICE)
     kv = torch.zeros(1, 8, 1, 16, device=DEVICE)

@@ -39,13 +39,15 @@ VARIANTS = {
 }
 
 # partial merge: second kernel vs fused (the module default decides what "default" above means)
-MERGE_SHAPES = [(1, 4096), (1, 32768), (1, 131072), (8, 4096), (32, 4096)]
+MERGE_SHAPES = [(1, 4096), (1, 32768), (1, 131072), (8, 8192), (32, 4096)]
 MERGE_VARIANTS = {
-    "kernel": {"merge": "kernel"},
-    "fused": {"merge": "fused"},
-    "kernel-pps2": {"merge": "kernel", "programs_per_sm": 2},
-    "fused-pps2": {"merge": "fused", "programs_per_sm": 2},
-    "fused-pps1": {"merge": "fused", "programs_per_sm": 1},
+    "fused-ceil": {"merge": "fused", "programs_per_sm": 1, "split_rule": "ceil"},  # the 2026-11-24 default
+    "fused": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves"},
+    "kernel": {"merge": "kernel", "programs_per_sm": 1, "split_rule": "waves"},
+    "fused-pps2": {"merge": "fused", "programs_per_sm": 2, "split_rule": "waves"},
+    "fused-s4": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "num_stages": 4},
+    "fused-bs128w8": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "block_s": 128,
+                      "num_warps": 8},
 }
 
 
@@ -202,7 +204,8 @@ def merge_sweep(shapes=None, variants=None, gated=True) -> list[dict]:
             o = fn()
             base = o if base is None else base  # the first variant is the yardstick
             row[f"{name}_err"] = _rel_err(o, base)
-            row[f"{name}_ns"] = decoding.num_splits(N, H, T, 64, q.device, kw.get("programs_per_sm"))
+            row[f"{name}_ns"] = decoding.num_splits(N, H, T, kw.get("block_s", 64), q.device,
+                                                    kw.get("programs_per_sm"), kw.get("split_rule"))
             row[f"{name}_us"] = _bench(_graph(fn)) * 1e3
         rows.append(row)
         del q, k, v, gc, fn, base

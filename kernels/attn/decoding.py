@@ -79,6 +79,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the H100 (2026-11-24: 1x4096 19.4 us vs 21.8 for 4 + merge kernel; 1x32768 66.6 vs 72.4 us)
 PROGRAMS_PER_SM = 1
 MAX_SPLITS = 128
+SPLIT_RULE = "waves"  # num_splits: whole waves of programs ("ceil": the rule before 2026-11-25)
+SPLIT_OVERHEAD = 256  # a program's fixed cost (prologue, partial write, merge) in cache tokens, modelled
 MERGE_BLOCK = 32  # partials merged per step in the merge kernel
 # tiles of < 16 query rows (Tq * G): pad to a 16-row tl.dot tile (True) or broadcast-multiply-reduce
 SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (H100, notes)
@@ -133,11 +135,24 @@ def _check(q, k_cache, v_cache, gc_cache, cache_seqlens):
 
 
 def num_splits(
-    B: int, H: int, Tmax: int, block_s: int, device: torch.device, programs_per_sm: int | None = None
+    B: int, H: int, Tmax: int, block_s: int, device: torch.device, programs_per_sm: int | None = None,
+    rule: str | None = None,
 ) -> int:
-    """Static split count: about programs_per_sm programs per SM in all, at most one per BS-block."""
-    target = (programs_per_sm or PROGRAMS_PER_SM) * num_sms(device)
-    return max(1, min(cdiv(target, B * H), cdiv(Tmax, block_s), MAX_SPLITS))
+    """Static split count NS (B * H * NS programs), at most one split per BS-block.
+
+    ``waves`` (default): the NS that minimises the step's modelled time ceil(P / slots) * (Tmax / NS
+    + SPLIT_OVERHEAD) over P = B * H * NS programs on slots = programs_per_sm * SMs: the busiest slot
+    sets the time, so a grid one program past a full wave costs a second wave (1 x 32768 at 8 KV
+    heads on 132 SMs: 16 splits = 128 programs, not 17 = 136; 8 x 8192: 2 splits = 128, not 3 = 192).
+    ``ceil``: the earlier rule, NS = ceil(slots / (B * H))."""
+    slots = (programs_per_sm or PROGRAMS_PER_SM) * num_sms(device)
+    most = max(1, min(cdiv(Tmax, block_s), MAX_SPLITS))
+    rule = rule or SPLIT_RULE
+    if rule == "ceil":
+        return max(1, min(cdiv(slots, B * H), most))
+    if rule != "waves":
+        raise ValueError(f"split rule must be 'waves' or 'ceil', got {rule!r}")
+    return min(range(1, most + 1), key=lambda ns: cdiv(B * H * ns, slots) * (Tmax / ns + SPLIT_OVERHEAD))
 
 
 def _decode_attn(
@@ -158,6 +173,7 @@ def _decode_attn(
     workspace=None,
     merge=None,
     counters=None,
+    split_rule=None,
 ):
     """decode_attn with its launch choices exposed (tests and the bench set them). ``merge``: one of
     MERGE_MODES (default MERGE); ``counters``: int32 zeros, >= B * H, for the fused merge."""
@@ -182,7 +198,7 @@ def _decode_attn(
         num_warps = 4 if BM * BD <= 64 * 128 else 8
     if num_stages is None:
         num_stages = 3 if BD <= 128 else 2
-    NS = splits or num_splits(B, H, Tmax, block_s, q.device, programs_per_sm)
+    NS = splits or num_splits(B, H, Tmax, block_s, q.device, programs_per_sm, split_rule)
     merge = merge or MERGE
     if merge not in MERGE_MODES:
         raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
