@@ -30,7 +30,7 @@ import kernels
 from gatedgen.cache import KVCache
 from gatedgen.errors import GatedgenError
 from gatedgen.linears import use_skinny_linears
-from gatedgen.model import CausalLM
+from gatedgen.model import Block, CausalLM, RMSNorm
 from gatedgen.sampling import Sampler, SamplingParams
 
 # Batch sizes that get their own graph; a batch runs in the smallest bucket that holds it.
@@ -68,9 +68,18 @@ class _FusedLinear(nn.Module):
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x is not self._x:
-            self._parts = kernels.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
-            self._x = x
+            self._keep(x, kernels.linear(x, self.weight, self.bias))
         return self._parts
+
+    def normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm) -> torch.Tensor:
+        """h = x + residual (x without one); computes the maps of norm(h) -- one kernel at decode, the
+        norm in the GEMM's prologue -- and keeps them under h: ``parts(h)`` then returns them."""
+        y, h = kernels.rms_norm_linear(x, norm.weight, norm.eps, self.weight, self.bias, residual)
+        self._keep(h, y)
+        return h
+
+    def _keep(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._x, self._parts = x, y.split(self.sizes, dim=-1)
 
 
 class _FusedPart(nn.Module):
@@ -90,10 +99,42 @@ _FUSE_GROUPS = {
 }
 
 
+class FusedBlock(Block):
+    """A Block whose two RMSNorms run inside the GEMMs that read their outputs (kernels.rms_norm_linear:
+    at decode one kernel each, the norm in the skinny GEMM's prologue; at prefill the norm kernel then
+    cuBLAS, as in Block). Same function as Block:
+        h = x + residual;  q, k, v, f, ... = W_attn RMSNorm(h)       (attn.fused_in.normed)
+        a = Attn(...)                                                (its projections return those maps)
+        h' = a + h;  u = SwiGLU(W_gate/up RMSNorm(h'))               (one rms_norm_linear)
+        returns (W_down u, h')
+    Attention is handed h, the key under which ``normed`` kept its projections: every read of its input
+    goes through the fused projections (``_fold_norms`` checks that), so h itself is never projected."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cache, layer: int, step
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        attn, mlp = self.attn, self.mlp
+        h = attn.fused_in.normed(x, residual, self.attn_norm)
+        a = attn(h, cache, layer, step)
+        u, h = kernels.rms_norm_linear(a, self.mlp_norm.weight, self.mlp_norm.eps, mlp.fused_in.weight,
+                                       mlp.fused_in.bias, h, mlp.intermediate_size)
+        return mlp.down_proj(u), h
+
+
+def _fold_norms(block: Block) -> None:
+    """Make ``block`` a FusedBlock (class swap, same parameters) when its attention input is read by the
+    fused projections only and its MLP's gate/up are fused; otherwise leave it a Block."""
+    attn = block.attn
+    inputs = [getattr(attn, n) for n in _FUSE_GROUPS["attn"] if hasattr(attn, n)]
+    fused = "fused_in" in attn._modules and "fused_in" in block.mlp._modules
+    if type(block) is Block and fused and all(isinstance(m, _FusedPart) for m in inputs):
+        block.__class__ = FusedBlock
+
+
 def fuse_projections(model: CausalLM) -> CausalLM:
     """Replace q/k/v/f(/g/shift) and gate/up projections of every block by one GEMM per group (in
-    place, weights moved not copied; idempotent). Same function: each output is a column block of
-    the fused product (outputs agree up to the GEMM's summation order)."""
+    place, weights moved not copied; idempotent), and fold each block's RMSNorms into those GEMMs
+    (FusedBlock). Same function: each output is a column block of the fused product (outputs agree up
+    to the GEMM's summation order)."""
     if getattr(model, "_projections_fused", False):
         return model
     for block in model.model.layers:
@@ -106,6 +147,7 @@ def fuse_projections(model: CausalLM) -> CausalLM:
             owner.fused_in = fused
             for i, n in enumerate(present):
                 setattr(owner, n, _FusedPart(fused, i))
+        _fold_norms(block)
     model._projections_fused = True
     return model
 

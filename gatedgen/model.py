@@ -296,9 +296,14 @@ class CausalLM(nn.Module):
             x, residual = block(x, residual, cache, i, step)
         if cache is not None:
             cache.commit(step, input_ids.shape[1])
-        x, residual = x[:, keep], residual[:, keep]
-        x, _ = self.model.norm(x, residual)
-        return kernels.linear(x, self.output_weight).float()  # Triton GEMV at decode (kernels/gemm)
+        return self.logits(x[:, keep], residual[:, keep])
+
+    def logits(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """LM head of the last block's output x and residual: W_out RMSNorm(x + residual), fp32 (at decode
+        one kernel, the norm in the skinny GEMM's prologue; elsewhere the norm kernel then the GEMM)."""
+        norm = self.model.norm
+        y, _ = kernels.rms_norm_linear(x, norm.weight, norm.eps, self.output_weight, residual=residual)
+        return y.float()
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         return KVCache(self.cfg, batch_size, max_len, self.output_weight.dtype, self.output_weight.device)

@@ -14,6 +14,8 @@ Fused model ops (kernels/norm, kernels/glu, kernels/gate; references in each ``n
     append_kv(k_cache, v_cache, gc_cache, k, v, f, cache_seqlens)   f: forget-gate logits
     linear(x, weight, bias=None)   F.linear; Triton skinny GEMM for <= 32 rows on CUDA (kernels/gemm)
     linear_swiglu(x, weight, inter, bias=None)   swiglu of a fused gate/up linear (skinny GEMM epilogue)
+    rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None, inter=None) -> (y, h)
+        linear (linear_swiglu with inter) of rms_norm(h = x + residual): the norm in the skinny GEMM's prologue
     apply_rope(q, k, cos, sin) -> (q, k) rotated      cos, sin: [B or 1, T, D/2] fp32 (kernels/rope)
 """
 
@@ -28,6 +30,7 @@ from kernels.dispatch import (
     parallel_attn,
     rebase_gate_cache,
     rms_norm,
+    rms_norm_linear,
     swiglu,
     triton_available,
     update_cache,
@@ -45,6 +48,7 @@ __all__ = [
     "parallel_attn",
     "rebase_gate_cache",
     "rms_norm",
+    "rms_norm_linear",
     "swiglu",
     "triton_available",
     "update_cache",

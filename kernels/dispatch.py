@@ -121,3 +121,19 @@ def linear_swiglu(x, weight, inter, bias=None):
         raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
     gate, up = importlib.import_module("kernels.gemm.naive").linear(x, weight, bias).split(inter, dim=-1)
     return swiglu(gate, up)
+
+
+def rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None, inter=None):
+    """(y, h): h = x + residual (x without one), y = linear(rms_norm(h) * norm_weight, weight, bias), or with
+    ``inter`` linear_swiglu(..., inter, bias). One kernel -- the skinny GEMM with the norm in its prologue
+    (kernels/gemm/skinny.py) -- where ``linear`` takes the skinny GEMM and GATEDGEN_NO_NORM_FOLD is unset;
+    otherwise ``rms_norm`` then ``linear`` / ``linear_swiglu`` (the two kernels of before; on CPU exactly
+    kernels.gemm.naive.rms_norm_linear)."""
+    grad = torch.is_grad_enabled() and (norm_weight.requires_grad
+                                        or (residual is not None and residual.requires_grad))
+    if (_skinny_ok(x, weight, bias) and not grad and os.environ.get("GATEDGEN_NO_NORM_FOLD", "0") != "1"
+            and (residual is None or residual.dtype == x.dtype)):
+        return importlib.import_module("kernels.gemm.skinny").rms_norm_linear(
+            x, norm_weight, eps, weight, bias, residual, inter)
+    n, h = rms_norm(x, norm_weight, eps, residual)
+    return (linear(n, weight, bias) if inter is None else linear_swiglu(n, weight, inter, bias)), h

@@ -230,8 +230,9 @@ def test_swiglu_reference_and_dispatch_cpu():
 
 
 def test_fused_mlp_calls_linear_swiglu(monkeypatch):
-    """After fuse_projections every MLP computes its SwiGLU through one linear_swiglu call of the fused
-    gate/up weight (same function as before), never through the parts."""
+    """After fuse_projections every MLP computes its norm, gate/up and SwiGLU through one rms_norm_linear
+    call of the fused gate/up weight with ``inter`` (the SwiGLU epilogue; same function as before), never
+    through the parts; every attention input and the LM head take one without."""
     from gatedgen.bench.generate import PRESETS, random_model
     from gatedgen.engine import fuse_projections
     from gatedgen.model import MLP
@@ -242,14 +243,22 @@ def test_fused_mlp_calls_linear_swiglu(monkeypatch):
         ref = model(ids)
     fuse_projections(model)
     calls = []
-    real = kernels.linear_swiglu
-    monkeypatch.setattr(kernels, "linear_swiglu", lambda x, w, i, b=None: calls.append((w.shape, i)) or real(x, w, i, b))
+    real = kernels.rms_norm_linear
+
+    def spy(x, norm_weight, eps, weight, bias=None, residual=None, inter=None):
+        calls.append((weight.shape, inter))
+        return real(x, norm_weight, eps, weight, bias, residual, inter)
+
+    monkeypatch.setattr(kernels, "rms_norm_linear", spy)
     monkeypatch.setattr(kernels, "swiglu", lambda *a: pytest.fail("unfused SwiGLU after fuse_projections"))
+    monkeypatch.setattr(kernels, "linear_swiglu", lambda *a: pytest.fail("MLP norm not folded"))
     with torch.inference_mode():
         out = model(ids)
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
-    inter = model.cfg.intermediate_size
-    assert calls == [((2 * inter, model.cfg.hidden_size), inter)] * len(mlps)
+    cfg, inter = model.cfg, model.cfg.intermediate_size
+    attn_rows = cfg.q_dim + 2 * cfg.kv_dim + cfg.num_heads  # q, k, v, f
+    per_block = [((attn_rows, cfg.hidden_size), None), ((2 * inter, cfg.hidden_size), inter)]
+    assert calls == per_block * len(mlps) + [((cfg.vocab_size, cfg.hidden_size), None)]
     assert rel_err(out, ref) < 1e-5
 
 

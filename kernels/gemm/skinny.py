@@ -21,6 +21,13 @@ concurrently on two streams.
 then the up rows; a program streams gate rows n and up rows I + n side by side (one shared x tile)
 and writes silu(gate) * up [..., I] in fp32, rounded once -- no [..., 2I] intermediate and no
 separate SwiGLU launch. Split-K keeps both partials and the last arrival applies the epilogue.
+
+``rms_norm_linear`` (RMSNorm prologue, NORM): the GEMM of n = rms_norm(h) * g, h = x + residual, with
+no separate norm kernel (at decode the norms before the q/k/v/f map, the MLP's gate/up map and the LM
+head). Each program first walks the whole rows of h (M <= 64 rows of ~576: L2-resident) for their
+sums of squares, so rstd is known before its K loop; the K loop then builds its x tiles as h * rstd * g
+in fp32 rounded to x's dtype -- the roundings of kernels.norm followed by ``linear``. Program (0, 0)
+alone stores h (the new residual stream; a fresh buffer, as the others still read x and the residual).
 """
 
 from __future__ import annotations
@@ -58,12 +65,57 @@ def _write_out(y, b, b_y, b_u, o_n, m_n, o_m, m_m, N, HAS_B: tl.constexpr, GLU: 
 
 
 @triton.jit
-def skinny_linear_kernel(x, w, b, y, part, lock, M, N, stride_xm, stride_wn,
+def _h_tile(x, r, o_m, m_m, o_k, m_k, stride_xm, stride_rm, HAS_R: tl.constexpr):
+    """[BM, BK] tile of h = x + r rounded to x's dtype as PyTorch's bf16/fp16 add does (x alone without r)."""
+    m_x = m_m[:, None] & m_k[None, :]
+    b_h = tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_x, other=0.0)
+    if HAS_R:
+        b_r = tl.load(r + o_m[:, None] * stride_rm + o_k[None, :], mask=m_x, other=0.0)
+        b_h = (b_h.to(tl.float32) + b_r.to(tl.float32)).to(x.dtype.element_ty)
+    return b_h
+
+
+@triton.jit
+def _row_rstd(x, r, h, o_m, m_m, stride_xm, stride_rm, eps, write_h, K: tl.constexpr, BM: tl.constexpr,
+              BK: tl.constexpr, HAS_R: tl.constexpr):
+    """Norm prologue: rstd [BM] = 1 / sqrt(mean(h^2) + eps) of each row of h over all K columns (every
+    program reads the whole rows: M <= 64 of them, L2-resident); where ``write_h``, h [M, K] is stored."""
+    b_ss = tl.zeros([BM], dtype=tl.float32)
+    for i in tl.static_range(0, K, BK):  # unrolled: all tile loads in flight at once
+        o_k = i + tl.arange(0, BK)
+        m_k = o_k < K
+        b_h = _h_tile(x, r, o_m, m_m, o_k, m_k, stride_xm, stride_rm, HAS_R)
+        if HAS_R:
+            tl.store(h + o_m[:, None] * K + o_k[None, :], b_h, mask=m_m[:, None] & m_k[None, :] & write_h)
+        b_hf = b_h.to(tl.float32)
+        b_ss += tl.sum(b_hf * b_hf, 1)
+    return tl.rsqrt(b_ss / K + eps)
+
+
+@triton.jit
+def _x_tile(x, r, g, o_m, m_m, o_k, m_k, stride_xm, stride_rm, b_rstd,
+            NORM: tl.constexpr, HAS_R: tl.constexpr):
+    """[BM, BK] tile of the GEMM's input in x's dtype: x, or with NORM the RMSNorm output
+    (h * rstd * g in fp32, rounded once: the order of kernels.norm.naive.rms_norm)."""
+    if NORM:
+        b_hf = _h_tile(x, r, o_m, m_m, o_k, m_k, stride_xm, stride_rm, HAS_R).to(tl.float32)
+        b_g = tl.load(g + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_x = (b_hf * b_rstd[:, None] * b_g[None, :]).to(x.dtype.element_ty)
+    else:
+        b_x = tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
+    return b_x
+
+
+@triton.jit
+def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, stride_rm, stride_wn, eps,
                          K: tl.constexpr, K_SPLIT: tl.constexpr, SPLIT_K: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                         USE_DOT: tl.constexpr, HAS_B: tl.constexpr, GLU: tl.constexpr, DOT_PREC: tl.constexpr):
+                         USE_DOT: tl.constexpr, HAS_B: tl.constexpr, GLU: tl.constexpr, DOT_PREC: tl.constexpr,
+                         NORM: tl.constexpr, HAS_R: tl.constexpr):
     # N: output columns. GLU: W holds 2N rows (gate rows 0..N-1, up rows N..2N-1) and a program
     # streams the matching up rows beside its gate rows (b_u); the epilogue writes silu(gate) * up.
+    # NORM: the GEMM's input is RMSNorm(h) * g of h = x + r (HAS_R; else h = x): the prologue gets each
+    # row's rstd from the whole row, program (0, 0) alone stores h, and the K loop normalises its tiles.
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     o_m = tl.arange(0, BM)
@@ -71,6 +123,10 @@ def skinny_linear_kernel(x, w, b, y, part, lock, M, N, stride_xm, stride_wn,
     p_w = w + o_n.to(tl.int64)[:, None] * stride_wn
     p_u = w + (o_n.to(tl.int64) + N)[:, None] * stride_wn
     k0 = i_k * K_SPLIT
+    b_rstd = tl.zeros([BM], dtype=tl.float32)
+    if NORM:
+        write_h = (i_n == 0) & (i_k == 0)
+        b_rstd = _row_rstd(x, r, h, o_m, m_m, stride_xm, stride_rm, eps, write_h, K, BM, BK, HAS_R)
     if USE_DOT:
         b_y = tl.zeros([BN, BM], dtype=tl.float32)
         b_u = tl.zeros([BN, BM], dtype=tl.float32)
@@ -78,19 +134,18 @@ def skinny_linear_kernel(x, w, b, y, part, lock, M, N, stride_xm, stride_wn,
             o_k = k0 + i + tl.arange(0, BK)
             m_k = o_k < K
             m_wk = m_n[:, None] & m_k[None, :]
-            b_x = tl.trans(tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :],
-                                   other=0.0))
+            b_x = tl.trans(_x_tile(x, r, g, o_m, m_m, o_k, m_k, stride_xm, stride_rm, b_rstd, NORM, HAS_R))
             b_y += dot(tl.load(p_w + o_k[None, :], mask=m_wk, other=0.0), b_x, DOT_PREC)
             if GLU:
                 b_u += dot(tl.load(p_u + o_k[None, :], mask=m_wk, other=0.0), b_x, DOT_PREC)
-    else:  # M = 1
+    else:  # M = 1: x tiles [BM = 1, BK] broadcast over the [BN, BK] weight tiles
         b_acc = tl.zeros([BN, BK], dtype=tl.float32)
         b_accu = tl.zeros([BN, BK], dtype=tl.float32)
         for i in tl.static_range(0, K_SPLIT, BK):
             o_k = k0 + i + tl.arange(0, BK)
             m_k = o_k < K
             m_wk = m_n[:, None] & m_k[None, :]
-            b_x = tl.load(x + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
+            b_x = _x_tile(x, r, g, o_m, m_m, o_k, m_k, stride_xm, stride_rm, b_rstd, NORM, HAS_R).to(tl.float32)
             b_acc += tl.load(p_w + o_k[None, :], mask=m_wk, other=0.0).to(tl.float32) * b_x
             if GLU:
                 b_accu += tl.load(p_u + o_k[None, :], mask=m_wk, other=0.0).to(tl.float32) * b_x
@@ -170,10 +225,21 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+class Norm(NamedTuple):
+    """The RMSNorm folded into the GEMM's prologue: the GEMM's input is rms_norm(h) * weight of
+    h = x + residual (x without one); h is written to ``h`` (a fresh [..., K] buffer in x's dtype,
+    never x or the residual, which other programs still read) when there is a residual."""
+    weight: torch.Tensor  # [K]
+    eps: float
+    residual: torch.Tensor | None = None  # like x
+    h: torch.Tensor | None = None  # out: x + residual (given with the residual)
+
+
 def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: Config,
-        out: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """``linear`` (or with ``glu`` ``linear_swiglu``) with explicit block sizes (tests and the benchmark's
-    sweep), optionally into ``out`` (contiguous, [..., N] in x's dtype; N = rows of W, halved by glu)."""
+        out: torch.Tensor | None = None, glu: bool = False, norm: Norm | None = None) -> torch.Tensor:
+    """``linear`` (or with ``glu`` ``linear_swiglu``; with ``norm`` of the normed x: ``rms_norm_linear``)
+    with explicit block sizes (tests and the benchmark's sweep), optionally into ``out`` (contiguous,
+    [..., N] in x's dtype; N = rows of W, halved by glu)."""
     K = x.shape[-1]
     if weight.ndim != 2 or weight.shape[1] != K:
         raise ValueError(f"weight {tuple(weight.shape)} does not take {K} inputs")
@@ -186,19 +252,20 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
         raise ValueError(f"bias {tuple(bias.shape)} != ({weight.shape[0]},)")
     if weight.stride(1) != 1 and K > 1:
         raise ValueError("weight rows must be contiguous")
-    x2 = x.reshape(-1, K)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = _rows(x, K)
     M = x2.shape[0]
     if M > MAX_ROWS or (M > 1 and not cfg.USE_DOT):
         raise ValueError(f"{M} rows: the FMA path takes 1, the dot path at most {MAX_ROWS}")
     y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (*x.shape[:-1], N) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be contiguous {x.dtype} {(*x.shape[:-1], N)}")
-    if M == 0 or N == 0:
-        return y
-    if K == 0:  # x W^T = 0: y = b (glu: silu(b_gate) * b_up)
-        if bias is None:
+    r2, h = _check_norm(x, norm) if norm is not None else (x2, x2)
+    if M == 0 or N == 0 or K == 0:
+        if norm is not None and norm.residual is not None and M and K:
+            torch.add(x, norm.residual, out=norm.h)  # no GEMM to fold it into
+        if M == 0 or N == 0:
+            return y
+        if bias is None:  # x W^T = 0: y = b (glu: silu(b_gate) * b_up)
             return y.zero_()
         b = bias.float()
         return y.copy_((F.silu(b[:N]) * b[N:] if glu else b).expand_as(y))
@@ -208,14 +275,39 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
     if split > 1 and grid[0] > NUM_LOCKS:
         raise ValueError(f"split-K needs at most {NUM_LOCKS} slabs, got {grid[0]}")
     part = torch.empty(split, 2 if glu else 1, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    g, eps = (norm.weight.contiguous(), float(norm.eps)) if norm is not None else (x2, 0.0)
     skinny_linear_kernel[grid](
-        x2, weight, bias if bias is not None else weight, y, part, _locks(x.device), M, N,
-        x2.stride(0), weight.stride(0), K=K, K_SPLIT=K_SPLIT, SPLIT_K=split,
+        x2, r2, g, h, weight, bias if bias is not None else weight, y, part,
+        _locks(x.device), M, N, x2.stride(0), r2.stride(0), weight.stride(0), eps,
+        K=K, K_SPLIT=K_SPLIT, SPLIT_K=split,
         BM=max(16, next_power_of_2(M)) if cfg.USE_DOT else 1, BN=cfg.BN, BK=cfg.BK, USE_DOT=cfg.USE_DOT,
-        HAS_B=bias is not None, GLU=glu, DOT_PREC=_dot_prec(x.dtype), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        HAS_B=bias is not None, GLU=glu, DOT_PREC=_dot_prec(x.dtype),
+        NORM=norm is not None, HAS_R=norm is not None and norm.residual is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y
+
+
+def _rows(t: torch.Tensor, K: int) -> torch.Tensor:
+    t2 = t.reshape(-1, K)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _check_norm(x: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual as rows [M, K] and h's buffer (x's rows when there is no residual: never written)."""
+    K = x.shape[-1]
+    if norm.weight.shape != (K,):
+        raise ValueError(f"norm weight {tuple(norm.weight.shape)} does not match {K} channels")
+    if norm.residual is None:
+        return _rows(x, K), _rows(x, K)
+    r, h = norm.residual, norm.h
+    if r.shape != x.shape or r.dtype != x.dtype:
+        raise ValueError(f"residual {r.dtype} {tuple(r.shape)} != x {x.dtype} {tuple(x.shape)}")
+    if h is None or h.shape != x.shape or h.dtype != x.dtype or not h.is_contiguous():
+        raise ValueError(f"h must be a contiguous {x.dtype} {tuple(x.shape)} buffer")
+    if h.numel() and any(h.data_ptr() == t.data_ptr() for t in (x, r)):
+        raise ValueError("h must not alias x or the residual (other programs still read them)")
+    return _rows(r, K), h
 
 
 def _config_for(x: torch.Tensor, N: int) -> Config:
@@ -241,3 +333,23 @@ def linear_swiglu(
         raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
     # the config of an I-row map: each program then streams twice its rows (gate and up slabs)
     return run(x, weight, bias, _config_for(x, inter), glu=True)
+
+
+def rms_norm_linear(
+    x: torch.Tensor,  # [..., K], M = x.numel() // K <= MAX_ROWS rows
+    norm_weight: torch.Tensor,  # [K]
+    eps: float,
+    weight: torch.Tensor,  # [N, K] (rows contiguous), x's dtype; with inter [2 I, K] gate rows, then up rows
+    bias: torch.Tensor | None = None,  # [N]
+    residual: torch.Tensor | None = None,  # like x
+    inter: int | None = None,  # I: the SwiGLU epilogue (linear_swiglu)
+) -> tuple[torch.Tensor, torch.Tensor]:  # (y [..., N or I], h = x + residual [..., K]) in x's dtype
+    """linear(rms_norm(h) * norm_weight, weight, bias) (or linear_swiglu with ``inter``) of h = x + residual,
+    the norm computed in the GEMM's prologue: one kernel instead of the norm kernel and the GEMM."""
+    if inter is not None and weight.shape[0] != 2 * inter:
+        raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
+    h = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else x
+    norm = Norm(norm_weight, eps, residual, h if residual is not None else None)
+    cfg = _config_for(x, weight.shape[0] if inter is None else inter)
+    y = run(x, weight, bias, cfg, glu=inter is not None, norm=norm)
+    return y, h
