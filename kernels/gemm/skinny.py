@@ -22,12 +22,16 @@ then the up rows; a program streams gate rows n and up rows I + n side by side (
 and writes silu(gate) * up [..., I] in fp32, rounded once -- no [..., 2I] intermediate and no
 separate SwiGLU launch. Split-K keeps both partials and the last arrival applies the epilogue.
 
-``rms_norm_linear`` (RMSNorm prologue, NORM): the GEMM of n = rms_norm(h) * g, h = x + residual, with
+``rms_norm_linear`` (RMSNorm folded in, NORM): the GEMM of n = rms_norm(h) * g, h = x + residual, with
 no separate norm kernel (at decode the norms before the q/k/v/f map, the MLP's gate/up map and the LM
-head). Each program first walks the whole rows of h (M <= 64 rows of ~576: L2-resident) for their
-sums of squares, so rstd is known before its K loop; the K loop then builds its x tiles as h * rstd * g
-in fp32 rounded to x's dtype -- the roundings of kernels.norm followed by ``linear``. Program (0, 0)
-alone stores h (the new residual stream; a fresh buffer, as the others still read x and the residual).
+head). Since rstd is one number per row, y = rstd * sum_k (h_k g_k) W_nk: the K loop multiplies the
+tiles h * g (rounded to x's dtype) into the weights and sums h^2 beside them, and the epilogue scales
+by rstd -- no load waits for the row statistics (a first version computed rstd in a prologue before
+the K loop and gained nothing: that serial pass cost what the norm launch had). With split-K each
+split stores its h^2 partial and the slab's last program adds them (the slab's splits cover all of
+K). The programs of slab 0 store h (the new residual stream; a fresh buffer, as the others still
+read x and the residual), each its own K range. Differs from the unfused pair only by rounding: n is
+never rounded to x's dtype as a whole (h * g is, before the product).
 """
 
 from __future__ import annotations
@@ -76,34 +80,24 @@ def _h_tile(x, r, o_m, m_m, o_k, m_k, stride_xm, stride_rm, HAS_R: tl.constexpr)
 
 
 @triton.jit
-def _row_rstd(x, r, h, o_m, m_m, stride_xm, stride_rm, eps, write_h, K: tl.constexpr, BM: tl.constexpr,
-              BK: tl.constexpr, HAS_R: tl.constexpr):
-    """Norm prologue: rstd [BM] = 1 / sqrt(mean(h^2) + eps) of each row of h over all K columns (every
-    program reads the whole rows: M <= 64 of them, L2-resident); where ``write_h``, h [M, K] is stored."""
-    b_ss = tl.zeros([BM], dtype=tl.float32)
-    for i in tl.static_range(0, K, BK):  # unrolled: all tile loads in flight at once
-        o_k = i + tl.arange(0, BK)
-        m_k = o_k < K
+def _x_tile(x, r, g, h, o_m, m_m, o_k, m_k, stride_xm, stride_rm, write_h,
+            K: tl.constexpr, NORM: tl.constexpr, HAS_R: tl.constexpr):
+    """[BM, BK] tile of the GEMM's input in x's dtype and its rows' sum of squares [BM] (fp32).
+    Without NORM: the x tile (sums 0). With NORM: h * g of h = x + r (rounded to x's dtype like
+    kernels/norm; h = x without r), stored to h where ``write_h``; the rows' 1 / rms(h) is applied to
+    the finished products (rstd * sum_k h_k g_k W_nk), so no load waits for the row statistics."""
+    if NORM:
         b_h = _h_tile(x, r, o_m, m_m, o_k, m_k, stride_xm, stride_rm, HAS_R)
         if HAS_R:
             tl.store(h + o_m[:, None] * K + o_k[None, :], b_h, mask=m_m[:, None] & m_k[None, :] & write_h)
         b_hf = b_h.to(tl.float32)
-        b_ss += tl.sum(b_hf * b_hf, 1)
-    return tl.rsqrt(b_ss / K + eps)
-
-
-@triton.jit
-def _x_tile(x, r, g, o_m, m_m, o_k, m_k, stride_xm, stride_rm, b_rstd,
-            NORM: tl.constexpr, HAS_R: tl.constexpr):
-    """[BM, BK] tile of the GEMM's input in x's dtype: x, or with NORM the RMSNorm output
-    (h * rstd * g in fp32, rounded once: the order of kernels.norm.naive.rms_norm)."""
-    if NORM:
-        b_hf = _h_tile(x, r, o_m, m_m, o_k, m_k, stride_xm, stride_rm, HAS_R).to(tl.float32)
         b_g = tl.load(g + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_x = (b_hf * b_rstd[:, None] * b_g[None, :]).to(x.dtype.element_ty)
+        b_x = (b_hf * b_g[None, :]).to(x.dtype.element_ty)
+        b_ss = tl.sum(b_hf * b_hf, 1)
     else:
         b_x = tl.load(x + o_m[:, None] * stride_xm + o_k[None, :], mask=m_m[:, None] & m_k[None, :], other=0.0)
-    return b_x
+        b_ss = tl.zeros([o_m.shape[0]], dtype=tl.float32)
+    return b_x, b_ss
 
 
 @triton.jit
@@ -114,8 +108,10 @@ def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, strid
                          NORM: tl.constexpr, HAS_R: tl.constexpr):
     # N: output columns. GLU: W holds 2N rows (gate rows 0..N-1, up rows N..2N-1) and a program
     # streams the matching up rows beside its gate rows (b_u); the epilogue writes silu(gate) * up.
-    # NORM: the GEMM's input is RMSNorm(h) * g of h = x + r (HAS_R; else h = x): the prologue gets each
-    # row's rstd from the whole row, program (0, 0) alone stores h, and the K loop normalises its tiles.
+    # NORM: the GEMM's input is RMSNorm(h) * g of h = x + r (HAS_R; else h = x). The K loop multiplies
+    # h * g and sums h^2 over its K range; the epilogue scales by rstd = 1 / sqrt(sum h^2 / K + eps)
+    # (with split-K the slab's last program sums the splits' h^2 partials, which cover all of K).
+    # The programs of slab 0 store h, each its K range.
     i_n, i_k = tl.program_id(0), tl.program_id(1)
     o_n = i_n * BN + tl.arange(0, BN)
     o_m = tl.arange(0, BM)
@@ -123,10 +119,8 @@ def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, strid
     p_w = w + o_n.to(tl.int64)[:, None] * stride_wn
     p_u = w + (o_n.to(tl.int64) + N)[:, None] * stride_wn
     k0 = i_k * K_SPLIT
-    b_rstd = tl.zeros([BM], dtype=tl.float32)
-    if NORM:
-        write_h = (i_n == 0) & (i_k == 0)
-        b_rstd = _row_rstd(x, r, h, o_m, m_m, stride_xm, stride_rm, eps, write_h, K, BM, BK, HAS_R)
+    write_h = i_n == 0
+    b_ss = tl.zeros([BM], dtype=tl.float32)  # NORM: sum of h^2 over this program's K range
     if USE_DOT:
         b_y = tl.zeros([BN, BM], dtype=tl.float32)
         b_u = tl.zeros([BN, BM], dtype=tl.float32)
@@ -134,7 +128,9 @@ def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, strid
             o_k = k0 + i + tl.arange(0, BK)
             m_k = o_k < K
             m_wk = m_n[:, None] & m_k[None, :]
-            b_x = tl.trans(_x_tile(x, r, g, o_m, m_m, o_k, m_k, stride_xm, stride_rm, b_rstd, NORM, HAS_R))
+            b_x, b_sst = _x_tile(x, r, g, h, o_m, m_m, o_k, m_k, stride_xm, stride_rm, write_h, K, NORM, HAS_R)
+            b_ss += b_sst
+            b_x = tl.trans(b_x)
             b_y += dot(tl.load(p_w + o_k[None, :], mask=m_wk, other=0.0), b_x, DOT_PREC)
             if GLU:
                 b_u += dot(tl.load(p_u + o_k[None, :], mask=m_wk, other=0.0), b_x, DOT_PREC)
@@ -145,31 +141,45 @@ def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, strid
             o_k = k0 + i + tl.arange(0, BK)
             m_k = o_k < K
             m_wk = m_n[:, None] & m_k[None, :]
-            b_x = _x_tile(x, r, g, o_m, m_m, o_k, m_k, stride_xm, stride_rm, b_rstd, NORM, HAS_R).to(tl.float32)
+            b_x, b_sst = _x_tile(x, r, g, h, o_m, m_m, o_k, m_k, stride_xm, stride_rm, write_h, K, NORM, HAS_R)
+            b_ss += b_sst
+            b_x = b_x.to(tl.float32)
             b_acc += tl.load(p_w + o_k[None, :], mask=m_wk, other=0.0).to(tl.float32) * b_x
             if GLU:
                 b_accu += tl.load(p_u + o_k[None, :], mask=m_wk, other=0.0).to(tl.float32) * b_x
         b_y = tl.sum(b_acc, 1)[:, None]  # [BN, BM = 1]
         b_u = tl.sum(b_accu, 1)[:, None]
     if SPLIT_K == 1:
+        if NORM:
+            b_rstd = tl.rsqrt(b_ss / K + eps)[None, :]
+            b_y, b_u = b_y * b_rstd, b_u * b_rstd
         _write_out(y, b, b_y, b_u, o_n, m_n, o_m, m_m, N, HAS_B, GLU)
     else:
         NP: tl.constexpr = 2 if GLU else 1  # partials [SPLIT_K, NP, M, N] fp32 (GLU: gate, then up)
         o_p = o_m[None, :] * N + o_n[:, None]
         m_p = m_n[:, None] & m_m[None, :]
+        p_ss = part + SPLIT_K * NP * M * N + i_n * SPLIT_K * M + o_m  # NORM: h^2 partials [slabs, SPLIT_K, M]
         tl.store(part + i_k * NP * M * N + o_p, b_y, mask=m_p)
         if GLU:
             tl.store(part + (i_k * NP + 1) * M * N + o_p, b_u, mask=m_p)
+        if NORM:
+            tl.store(p_ss + i_k * M, b_ss, mask=m_m)
         tl.debug_barrier()  # all threads' partials are written before the counter moves (release)
         count = tl.atomic_add(lock + i_n, 1, sem="acq_rel")
         if count == SPLIT_K - 1:  # the last split of this slab to finish sums them all
             b_s = tl.zeros([BN, BM], dtype=tl.float32)
             b_su = tl.zeros([BN, BM], dtype=tl.float32)
+            b_sss = tl.zeros([BM], dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):
                 b_s += tl.load(part + s * NP * M * N + o_p, mask=m_p, other=0.0, cache_modifier=".cg")
                 if GLU:
                     b_su += tl.load(part + (s * NP + 1) * M * N + o_p, mask=m_p, other=0.0, cache_modifier=".cg")
+                if NORM:
+                    b_sss += tl.load(p_ss + s * M, mask=m_m, other=0.0, cache_modifier=".cg")
             tl.store(lock + i_n, 0)
+            if NORM:
+                b_rstd = tl.rsqrt(b_sss / K + eps)[None, :]
+                b_s, b_su = b_s * b_rstd, b_su * b_rstd
             _write_out(y, b, b_s, b_su, o_n, m_n, o_m, m_m, N, HAS_B, GLU)
 
 
@@ -274,7 +284,9 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
     grid = (cdiv(N, cfg.BN), split)
     if split > 1 and grid[0] > NUM_LOCKS:
         raise ValueError(f"split-K needs at most {NUM_LOCKS} slabs, got {grid[0]}")
-    part = torch.empty(split, 2 if glu else 1, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
+    # split-K partials [split, 1 or 2, M, N] fp32, then (norm) the h^2 partials [slabs, split, M]
+    n_part = split * (2 if glu else 1) * M * N + (grid[0] * split * M if norm is not None else 0)
+    part = torch.empty(n_part, dtype=torch.float32, device=x.device) if split > 1 else y
     g, eps = (norm.weight.contiguous(), float(norm.eps)) if norm is not None else (x2, 0.0)
     skinny_linear_kernel[grid](
         x2, r2, g, h, weight, bias if bias is not None else weight, y, part,
