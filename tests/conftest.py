@@ -14,6 +14,17 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 interpret = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def triton_device() -> str:
+    """The device a Triton kernel test module runs on: "cuda" on a GPU, "cpu" under TRITON_INTERPRET=1
+    (small shapes). Skips the calling module without either, or without triton; call it at module level
+    before importing a kernel module."""
+    cuda = torch.cuda.is_available() and not interpret
+    if not (interpret or cuda):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+    pytest.importorskip("triton")
+    return "cuda" if cuda else "cpu"
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double().cpu(), ref.double().cpu()
     assert not torch.isnan(out).any(), "output has NaN (unwritten or invalid elements)"

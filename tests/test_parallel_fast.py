@@ -7,25 +7,16 @@ CUDA, or CPU under TRITON_INTERPRET=1 at small shapes (skipped otherwise).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import nan_buffers_fixture, rel_err
+from conftest import nan_buffers_fixture, rel_err, triton_device
 from kernels.attn import naive
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-if not (INTERPRET or CUDA):
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-pytest.importorskip("triton")
+DEVICE = triton_device()  # conftest: skips this module without CUDA or TRITON_INTERPRET=1
 
 from kernels.attn import parallel  # noqa: E402  (after the skip: imports triton)
-
-DEVICE = "cuda" if CUDA else "cpu"
-
 
 nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN-filled torch.empty
 

@@ -8,24 +8,16 @@ and every new buffer of the kernel module is NaN-filled so that unwritten elemen
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import nan_buffers_fixture, needs_cuda, rel_err
+from conftest import nan_buffers_fixture, needs_cuda, rel_err, triton_device
 from kernels.attn import naive
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-if not (INTERPRET or CUDA):
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-pytest.importorskip("triton")
+DEVICE = triton_device()  # conftest: skips this module without CUDA or TRITON_INTERPRET=1
 
 from kernels.attn import parallel  # noqa: E402  (after the skip: imports triton)
-
-DEVICE = "cuda" if CUDA else "cpu"
 
 # ||out - ref|| / ||ref|| bounds against the fp64 reference, per input dtype
 FWD_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}

@@ -28,6 +28,8 @@ Kernels (one file, one strategy; fla-style names: ``b_`` blocks, ``p_`` pointers
   it adds its row sums to the dkdv kernel's column sums (read from one buffer, written to another:
   every position is owned by one program, so the result is deterministic and re-runnable).
 * The gate gradient is then the reverse running sum per sequence: dg_l = sum_{t >= l} dgc_t.
+* ``parallel_common`` holds what the three kernels share: the tile a program owns, pointers, the
+  q/do/lse/delta and k/v loads, and the base-2 scores of a query tile against one key block.
 
 Grids put every program on axis 0 (no 65535 limit on axes 1/2); scalar base offsets are int64 so
 that T * H * D beyond 2^31 cannot overflow.

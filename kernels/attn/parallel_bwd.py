@@ -6,7 +6,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.utils import LOG2E, dot, tile_rows
+from kernels.attn.parallel_common import (
+    causal_key_range,
+    key_block_scores,
+    load_gate,
+    load_kv,
+    load_query_rows,
+    program_tile,
+    row_ptrs,
+    tile_ptrs,
+)
+from kernels.utils import LOG2E, dot
 
 
 @triton.jit
@@ -33,18 +43,11 @@ def _dkdv_block(q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i
     o_q = i_t + o_t
     m_q = o_q < TQ
     m_qd = m_q[:, None] & (o_d < K)[None, :]
-    p_q = q + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
-    p_do = do + ((bos_q + i_t) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_qd, other=0.0)
-    b_do = tl.load(p_do, mask=m_qd, other=0.0)
-    # rows beyond TQ get lse = +inf so that their probabilities are exactly 0
-    p_r = (bos_q + i_t) * HQ + i_hq + o_t * HQ
-    b_lse = tl.load(lse + p_r, mask=m_q, other=float("inf")) * LOG2E
-    b_delta = tl.load(delta + p_r, mask=m_q, other=0.0)
+    b_q, b_do, b_lse, b_delta = load_query_rows(q, do, lse, delta, bos_q + i_t, i_hq, o_t, o_d, m_q, m_qd, HQ, K)
     # [BS, BT] transposed scores s2_ji in base 2
     b_sT = dot(b_k, tl.trans(b_q), DOT_PREC) * qk_scale
     if USE_G:
-        b_gq = tl.load(gc + (bos_k + offset + i_t) * HQ + i_hq + o_t * HQ, mask=m_q, other=0.0) * LOG2E
+        b_gq = load_gate(gc, bos_k + offset + i_t, i_hq, o_t, m_q, HQ, True)
         b_sT += b_gq[None, :] - b_gk[:, None]
     if MASKED:  # diagonal blocks: key j > query i gets probability 0
         b_sT = tl.where((offset + o_q)[None, :] >= o_k[:, None], b_sT, float("-inf"))
@@ -89,13 +92,8 @@ def parallel_attn_bwd_kernel_dkdv(
     DOT_PREC: tl.constexpr,
 ):
     # axis 0 enumerates (key tile, batch x kv head); early key tiles see the most queries: first
-    i_p = tl.program_id(0).to(tl.int64)
-    i_bh = i_p % (B * H)
-    i_s = i_p // (B * H)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_s, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_s, i_b, TQ, TK, IS_VARLEN)
-    offset = TK - TQ
-    s0 = i_s * BS
+    i_h, s0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, 0, B, H, BS, False,
+                                                         IS_VARLEN)
 
     o_s = tl.arange(0, BS)
     o_d = tl.arange(0, BK)
@@ -103,11 +101,7 @@ def parallel_attn_bwd_kernel_dkdv(
     m_k = o_k < TK
     m_d = o_d < K
     m_kd = m_k[:, None] & m_d[None, :]
-
-    p_k = k + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-    p_v = v + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-    b_k = tl.load(p_k, mask=m_kd, other=0.0)
-    b_v = tl.load(p_v, mask=m_kd, other=0.0)
+    b_k, b_v = load_kv(k, v, bos_k + s0, i_h, o_s, o_d, m_kd, H, K)
     b_dk = tl.zeros([BS, BK], dtype=tl.float32)
     b_dv = tl.zeros([BS, BK], dtype=tl.float32)
     qk_scale = scale * LOG2E
@@ -123,8 +117,7 @@ def parallel_attn_bwd_kernel_dkdv(
         b_dgk = tl.zeros([BS], dtype=tl.float32)
         b_gk = tl.zeros([BS], dtype=tl.float32)
         if USE_G:
-            p_gk = gc + (bos_k + s0) * HQ + i_hq + o_s * HQ
-            b_gk = tl.load(p_gk, mask=m_k, other=0.0).to(tl.float32) * LOG2E
+            b_gk = load_gate(gc, bos_k + s0, i_hq, o_s, m_k, HQ, True)
         # diagonal query blocks (causal mask), then the blocks that see every key of the tile
         for i_t in range(i_lo, i_unm, BT):
             b_dk, b_dv, b_dgk = _dkdv_block(
@@ -135,10 +128,10 @@ def parallel_attn_bwd_kernel_dkdv(
                 q, do, gc, lse, delta, b_k, b_v, b_gk, b_dk, b_dv, b_dgk, i_t, i_hq, bos_q, bos_k, offset, TQ,
                 o_k, qk_scale, HQ, K, BT, BK, USE_G, DOT_PREC, False)
         if USE_G:
-            tl.store(dgc_k + (bos_k + s0) * HQ + i_hq + o_s * HQ, b_dgk, mask=m_k)
+            tl.store(row_ptrs(dgc_k, bos_k + s0, i_hq, o_s, HQ), b_dgk, mask=m_k)
 
-    p_dk = dk + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-    p_dv = dv + ((bos_k + s0) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
+    p_dk = tile_ptrs(dk, bos_k + s0, i_h, o_s, o_d, H, K)
+    p_dv = tile_ptrs(dv, bos_k + s0, i_h, o_s, o_d, H, K)
     tl.store(p_dk, (b_dk * scale).to(p_dk.dtype.element_ty), mask=m_kd)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_kd)
 
@@ -150,19 +143,8 @@ def _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, 
     """One key block [i_s, i_s + BS) against the program's query tile."""
     o_s = tl.arange(0, BS)
     o_d = tl.arange(0, BK)
-    o_k = i_s + o_s
-    m_k = o_k < TK
-    m_kd = m_k[:, None] & (o_d < K)[None, :]
-    p_k = k + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-    p_v = v + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-    b_k = tl.load(p_k, mask=m_kd, other=0.0)
-    b_v = tl.load(p_v, mask=m_kd, other=0.0)
-    b_s = dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
-    if USE_G:
-        b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ, mask=m_k, other=0.0).to(tl.float32) * LOG2E
-        b_s += b_gq[:, None] - b_gk[None, :]
-    if MASKED:  # diagonal blocks: key j > query i gets probability 0
-        b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
+    b_s, b_k, b_v = key_block_scores(k, v, gc, b_q, b_gq, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale, H,
+                                     HQ, K, USE_G, DOT_PREC, MASKED, True)
     # P_ij = exp2(s2_ij - lse2_i): the forward's normalized probabilities
     b_p = tl.math.exp2(b_s - b_lse[:, None])
     b_dp = dot(b_do, tl.trans(b_v), DOT_PREC)
@@ -203,16 +185,10 @@ def parallel_attn_bwd_kernel_dq(
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    i_p = tl.program_id(0).to(tl.int64)
-    i_bh = i_p % (B * HQ)
-    if not IS_VARLEN:
-        NT = tl.cdiv(TQ, BT)
-    i_t = NT - 1 - i_p // (B * HQ)
-    i_b, i_hq = i_bh // HQ, i_bh % HQ
+    # axis 0 enumerates (query tile, batch x head); the tiles with the most keys go first
+    i_hq, t0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, NT, B, HQ, BT, True,
+                                                          IS_VARLEN)
     i_h = i_hq // G
-    i_t, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_t, i_b, TQ, TK, IS_VARLEN)
-    offset = TK - TQ
-    t0 = i_t * BT
 
     o_t = tl.arange(0, BT)
     o_d = tl.arange(0, BK)
@@ -221,24 +197,16 @@ def parallel_attn_bwd_kernel_dq(
     m_td = m_t[:, None] & m_d[None, :]
     o_qpos = offset + t0 + o_t
 
-    p_q = q + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
-    p_do = do + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_td, other=0.0)
-    b_do = tl.load(p_do, mask=m_td, other=0.0)
-    p_r = (bos_q + t0) * HQ + i_hq + o_t * HQ
-    b_lse = tl.load(lse + p_r, mask=m_t, other=float("inf")) * LOG2E
-    b_delta = tl.load(delta + p_r, mask=m_t, other=0.0)
+    b_q, b_do, b_lse, b_delta = load_query_rows(q, do, lse, delta, bos_q + t0, i_hq, o_t, o_d, m_t, m_td, HQ, K)
     qk_scale = scale * LOG2E
     b_gq = tl.zeros([BT], dtype=tl.float32)
     b_dgq = tl.zeros([BT], dtype=tl.float32)
     if USE_G:
-        p_gq = gc + (bos_k + offset + t0) * HQ + i_hq + o_t * HQ
-        b_gq = tl.load(p_gq, mask=m_t, other=0.0).to(tl.float32) * LOG2E
+        b_gq = load_gate(gc, bos_k + offset + t0, i_hq, o_t, m_t, HQ, True)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
 
     # key blocks wholly before the tile's first query (no mask), then the diagonal blocks
-    i_diag = ((offset + t0) // BS) * BS
-    i_end = tl.minimum(offset + t0 + BT, TK)
+    i_diag, i_end = causal_key_range(offset, t0, TK, BT, BS)
     for i_s in range(0, i_diag, BS):
         b_dq, b_dgq = _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK,
                                 o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, DOT_PREC, False)
@@ -246,8 +214,8 @@ def parallel_attn_bwd_kernel_dq(
         b_dq, b_dgq = _dq_block(k, v, gc, b_q, b_do, b_lse, b_delta, b_gq, b_dq, b_dgq, i_s, i_h, i_hq, bos_k, TK,
                                 o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, DOT_PREC, True)
 
-    tl.store(dq + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :],
-             (b_dq * scale).to(dq.dtype.element_ty), mask=m_td)
+    p_dq = tile_ptrs(dq, bos_q + t0, i_hq, o_t, o_d, HQ, K)
+    tl.store(p_dq, (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_td)
     if USE_G:
         p_g = (bos_k + offset + t0) * HQ + i_hq + o_t * HQ
         b_dgk = tl.load(dgc_k + p_g, mask=m_t, other=0.0)

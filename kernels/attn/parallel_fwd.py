@@ -6,13 +6,26 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.utils import LN2, LOG2E, dot, tile_rows
+from kernels.attn.parallel_common import (
+    causal_key_range,
+    key_block_scores,
+    load_gate,
+    program_tile,
+    row_ptrs,
+    tile_ptrs,
+)
+from kernels.utils import LN2, LOG2E, dot
 
 
 @triton.jit
-def _online_softmax_step(b_s, b_v, b_m, b_l, b_o, DOT_PREC: tl.constexpr):
-    """Fold one key block's base-2 scores b_s [BT, BS] into the running max b_m, sum b_l and output
-    accumulator b_o: rescale the old sum and accumulator by exp2(m_old - m_new)."""
+def _fwd_block(k, v, gc, b_q, b_gq, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale,
+               H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, USE_G: tl.constexpr, DOT_PREC: tl.constexpr,
+               MASKED: tl.constexpr):
+    """Fold one key block [i_s, i_s + BS) into the running max b_m, sum b_l and output accumulator b_o
+    (online softmax in base 2): rescale the old sum and accumulator by exp2(m_old - m_new). Blocks
+    before the diagonal (not MASKED) lie wholly inside TK: no mask at all."""
+    b_s, _, b_v = key_block_scores(k, v, gc, b_q, b_gq, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale, H,
+                                   HQ, K, USE_G, DOT_PREC, MASKED, MASKED)
     b_mn = tl.maximum(b_m, tl.max(b_s, 1))
     b_r = tl.math.exp2(b_m - b_mn)
     b_p = tl.math.exp2(b_s - b_mn[:, None])
@@ -48,17 +61,9 @@ def parallel_attn_fwd_kernel(
     DOT_PREC: tl.constexpr,
 ):
     # axis 0 enumerates (query tile, batch x head); the tiles with the most keys go first
-    i_p = tl.program_id(0).to(tl.int64)
-    i_bh = i_p % (B * HQ)
-    if not IS_VARLEN:
-        NT = tl.cdiv(TQ, BT)
-    i_t = NT - 1 - i_p // (B * HQ)
-    i_b, i_hq = i_bh // HQ, i_bh % HQ
+    i_hq, t0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, NT, B, HQ, BT, True,
+                                                          IS_VARLEN)
     i_h = i_hq // G
-    i_t, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_t, i_b, TQ, TK, IS_VARLEN)
-    # queries are the last TQ of TK positions: query row r sits at absolute position offset + r
-    offset = TK - TQ
-    t0 = i_t * BT
 
     o_t = tl.arange(0, BT)
     o_s = tl.arange(0, BS)
@@ -68,52 +73,31 @@ def parallel_attn_fwd_kernel(
     # absolute positions of this tile's queries (int64 scalar + small int32 vector)
     o_qpos = offset + t0 + o_t
 
-    p_q = q + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    p_q = tile_ptrs(q, bos_q + t0, i_hq, o_t, o_d, HQ, K)
     b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)
     qk_scale = scale * LOG2E
-
+    b_gq = tl.zeros([BT], dtype=tl.float32)
     if USE_G:
-        p_gq = gc + (bos_k + offset + t0) * HQ + i_hq + o_t * HQ
-        b_gq = tl.load(p_gq, mask=m_t, other=0.0).to(tl.float32) * LOG2E
+        b_gq = load_gate(gc, bos_k + offset + t0, i_hq, o_t, m_t, HQ, True)
 
     b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BT], dtype=tl.float32)
     b_o = tl.zeros([BT, BK], dtype=tl.float32)
 
-    # keys [0, i_diag) precede every query of the tile: no causal mask, no bounds mask on rows
-    i_diag = ((offset + t0) // BS) * BS
-    i_end = tl.minimum(offset + t0 + BT, TK)
+    # key blocks wholly before the tile's first query (no causal mask, no bounds mask on rows), then
+    # the blocks that overlap the diagonal (mask j > i and keys beyond TK). Every row keeps key
+    # i_diag <= its own position, so no row is all -inf after the first block.
+    i_diag, i_end = causal_key_range(offset, t0, TK, BT, BS)
     for i_s in range(0, i_diag, BS):
-        p_k = k + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-        p_v = v + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-        b_k = tl.load(p_k, mask=m_d[None, :], other=0.0)
-        b_v = tl.load(p_v, mask=m_d[None, :], other=0.0)
-        # [BT, BS] scores in base 2
-        b_s = dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
-        if USE_G:
-            b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ).to(tl.float32) * LOG2E
-            b_s += b_gq[:, None] - b_gk[None, :]
-        b_m, b_l, b_o = _online_softmax_step(b_s, b_v, b_m, b_l, b_o, DOT_PREC)
-
-    # keys [i_diag, i_end) overlap the diagonal: mask j > i and keys beyond TK.
-    # every row keeps key i_diag <= its own position, so no row is all -inf after the first block.
+        b_m, b_l, b_o = _fwd_block(k, v, gc, b_q, b_gq, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos,
+                                   qk_scale, H, HQ, K, USE_G, DOT_PREC, False)
     for i_s in range(i_diag, i_end, BS):
-        o_k = i_s + o_s
-        m_k = o_k < TK
-        p_k = k + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-        p_v = v + ((bos_k + i_s) * H + i_h) * K + o_s[:, None] * (H * K) + o_d[None, :]
-        b_k = tl.load(p_k, mask=m_k[:, None] & m_d[None, :], other=0.0)
-        b_v = tl.load(p_v, mask=m_k[:, None] & m_d[None, :], other=0.0)
-        b_s = dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
-        if USE_G:
-            b_gk = tl.load(gc + (bos_k + i_s) * HQ + i_hq + o_s * HQ, mask=m_k, other=0.0).to(tl.float32) * LOG2E
-            b_s += b_gq[:, None] - b_gk[None, :]
-        b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
-        b_m, b_l, b_o = _online_softmax_step(b_s, b_v, b_m, b_l, b_o, DOT_PREC)
+        b_m, b_l, b_o = _fwd_block(k, v, gc, b_q, b_gq, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos,
+                                   qk_scale, H, HQ, K, USE_G, DOT_PREC, True)
 
     b_o = b_o / b_l[:, None]
     # natural-log lse = (m2 + log2 l) * ln 2
     b_lse = (b_m + tl.math.log2(b_l)) * LN2
-    p_o = o + ((bos_q + t0) * HQ + i_hq) * K + o_t[:, None] * (HQ * K) + o_d[None, :]
+    p_o = tile_ptrs(o, bos_q + t0, i_hq, o_t, o_d, HQ, K)
     tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
-    tl.store(lse + (bos_q + t0) * HQ + i_hq + o_t * HQ, b_lse, mask=m_t)
+    tl.store(row_ptrs(lse, bos_q + t0, i_hq, o_t, HQ), b_lse, mask=m_t)
