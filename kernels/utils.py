@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -20,6 +22,22 @@ def cdiv(a: int, b: int) -> int:
 
 
 _NUM_SMS: dict[int, int] = {}
+_PDL: dict[int, bool] = {}
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch for the decode-step kernels (Hopper and later, compiled kernels,
+    unless GATEDGEN_NO_PDL=1): a kernel launched with it may start while the kernel before it in the
+    stream is still running; it must pass ``pdl_wait`` before it reads what earlier kernels wrote or
+    writes anything (the previous kernel may still read the memory), and may read what no kernel of
+    the step writes (weights) before that. Cached per device (safe inside CUDA-graph capture)."""
+    device = torch.device(device)
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("GATEDGEN_NO_PDL") == "1":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PDL:
+        _PDL[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _PDL[index]
 
 
 def num_sms(device: torch.device | None = None) -> int:
@@ -75,6 +93,35 @@ def check_gate_cache(gc_cache: torch.Tensor, gates: torch.Tensor | None, B: int,
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+def pdl_launch(use_pdl: bool) -> dict:
+    """Launch options of a kernel that uses pdl_wait / pdl_release (nothing when PDL is off, so the
+    CPU interpreter never sees the option)."""
+    return {"launch_pdl": True} if use_pdl else {}
+
+
+@triton.jit
+def pdl_wait(USE_PDL: tl.constexpr):
+    """Wait until the previous kernel of the stream has finished and its writes are visible."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_release(USE_PDL: tl.constexpr):
+    """Let the next kernel of the stream be scheduled now (it still waits in its own pdl_wait)."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(p, USE_PDL: tl.constexpr):
+    """Ask for the lines at the pointers p (any shape) to be brought into L2, without waiting (under
+    PDL: weights fetched while the previous kernel still runs)."""
+    if USE_PDL:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [p], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
 
 @triton.jit

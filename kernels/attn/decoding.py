@@ -70,7 +70,7 @@ from kernels.attn.decoding_kernels import (
     decode_split_kernel,
     rebase_gate_kernel,
 )
-from kernels.utils import LOG2E, cdiv, check_gate_cache, next_power_of_2, num_sms
+from kernels.utils import LOG2E, cdiv, check_gate_cache, next_power_of_2, num_sms, pdl_enabled, pdl_launch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -216,6 +216,7 @@ def _decode_attn(
     else:
         o_part = lse_part = o  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    pdl = pdl_enabled(q.device) and (NS == 1 or fuse)  # the separate merge kernel does not wait
     decode_split_kernel[(H, NS, B)](
         q,
         k_cache,
@@ -248,8 +249,10 @@ def _decode_attn(
         MR=MR,
         BNS=max(1, min(next_power_of_2(NS), MERGE_TILE // (MR * BD))),
         INTERPRET=INTERPRET,
+        USE_PDL=pdl,
         num_warps=num_warps,
         num_stages=num_stages,
+        **pdl_launch(pdl),
     )
     if NS > 1 and not fuse:
         decode_merge_kernel[(B * Tq * HQ,)](
@@ -339,7 +342,8 @@ def append_kv(
         Tmax, Tn, chunk,
         H=H, HQ=HQ, G=HQ // H, D=D,
         BT=BT, BP=block_p or max(BT, 4096 // BG), BD=max(16, next_power_of_2(D)),
-        BG=BG, USE_G=use_g, LOGITS=logits, num_warps=4,
+        BG=BG, USE_G=use_g, LOGITS=logits, USE_PDL=pdl_enabled(k_cache.device), num_warps=4,
+        **pdl_launch(pdl_enabled(k_cache.device)),
     )
 
 

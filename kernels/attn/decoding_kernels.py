@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.utils import LOG2E
+from kernels.utils import LOG2E, pdl_release, pdl_wait
 
 
 @triton.jit
@@ -134,10 +134,13 @@ def decode_split_kernel(
     MR: tl.constexpr,
     BNS: tl.constexpr,
     INTERPRET: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     # KV head fastest: programs running together read the same tokens of neighbouring heads (one
     # DRAM stretch of H * D elements per token) and share the gate sectors of gc[b, t, :]
     i_h, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pdl_release(USE_PDL)  # PDL: the next kernel may be scheduled; everything here waits for the last one
+    pdl_wait(USE_PDL)
     L = tl.load(cache_seqlens + i_b).to(tl.int32)
     # slice i_s of [0, L): NS slices of whole BS-blocks
     n_chunk = tl.cdiv(tl.cdiv(L, NS), BS) * BS
@@ -270,7 +273,7 @@ def append_kv_kernel(
     Tmax, TN, CHUNK,
     H: tl.constexpr, HQ: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
     BT: tl.constexpr, BP: tl.constexpr, BD: tl.constexpr, BG: tl.constexpr,
-    USE_G: tl.constexpr, LOGITS: tl.constexpr,
+    USE_G: tl.constexpr, LOGITS: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     # program (c, b, h): tokens [c * CHUNK, (c + 1) * CHUNK) of sequence b (CHUNK a multiple of BT): the
     # keys/values of KV head h and the running sums of its G query heads. The running sum at a chunk's
@@ -278,6 +281,8 @@ def append_kv_kernel(
     # from the gate input (cheap: G values per token, in [BP, BG] tiles), so chunks need no
     # communication and a long prompt is copied by many programs at once
     i_c, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pdl_release(USE_PDL)  # PDL: the next kernel may be scheduled; everything here waits for the last one
+    pdl_wait(USE_PDL)
     L = tl.load(cache_seqlens + i_b).to(tl.int32)
     t0 = i_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, TN)

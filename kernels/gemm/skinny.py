@@ -45,7 +45,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.utils import cdiv, dot, fix_triton_interpreter_index, next_power_of_2, num_sms
+from kernels.utils import (cdiv, dot, fix_triton_interpreter_index, next_power_of_2, num_sms, pdl_enabled, pdl_launch,
+                           pdl_release, pdl_wait, prefetch_l2)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if _INTERPRET:
@@ -105,7 +106,8 @@ def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, strid
                          K: tl.constexpr, K_SPLIT: tl.constexpr, SPLIT_K: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                          USE_DOT: tl.constexpr, HAS_B: tl.constexpr, GLU: tl.constexpr, DOT_PREC: tl.constexpr,
-                         NORM: tl.constexpr, HAS_R: tl.constexpr):
+                         NORM: tl.constexpr, HAS_R: tl.constexpr,
+                         USE_PDL: tl.constexpr = False, LINE: tl.constexpr = 64, NL: tl.constexpr = 1):
     # N: output columns. GLU: W holds 2N rows (gate rows 0..N-1, up rows N..2N-1) and a program
     # streams the matching up rows beside its gate rows (b_u); the epilogue writes silu(gate) * up.
     # NORM: the GEMM's input is RMSNorm(h) * g of h = x + r (HAS_R; else h = x). The K loop multiplies
@@ -120,6 +122,16 @@ def skinny_linear_kernel(x, r, g, h, w, b, y, part, lock, M, N, stride_xm, strid
     p_u = w + (o_n.to(tl.int64) + N)[:, None] * stride_wn
     k0 = i_k * K_SPLIT
     write_h = i_n == 0
+    # PDL: the next kernel may be scheduled now; this program's weight lines (LINE elements each, NL
+    # per row) go to L2 while the previous kernel finishes; x, h, y and the split-K state wait for it
+    pdl_release(USE_PDL)
+    if USE_PDL:
+        o_nc = tl.minimum(o_n, N - 1).to(tl.int64)[:, None] * stride_wn
+        o_kl = tl.minimum(k0 + tl.arange(0, NL) * LINE, K - 1)[None, :]
+        prefetch_l2(w + o_nc + o_kl, USE_PDL)
+        if GLU:
+            prefetch_l2(w + o_nc + N * stride_wn + o_kl, USE_PDL)
+    pdl_wait(USE_PDL)
     b_ss = tl.zeros([BM], dtype=tl.float32)  # NORM: sum of h^2 over this program's K range
     if USE_DOT:
         b_y = tl.zeros([BN, BM], dtype=tl.float32)
@@ -288,6 +300,8 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
     n_part = split * (2 if glu else 1) * M * N + (grid[0] * split * M if norm is not None else 0)
     part = torch.empty(n_part, dtype=torch.float32, device=x.device) if split > 1 else y
     g, eps = (norm.weight.contiguous(), float(norm.eps)) if norm is not None else (x2, 0.0)
+    pdl = pdl_enabled(x.device)
+    line = 128 // weight.element_size()
     skinny_linear_kernel[grid](
         x2, r2, g, h, weight, bias if bias is not None else weight, y, part,
         _locks(x.device), M, N, x2.stride(0), r2.stride(0), weight.stride(0), eps,
@@ -295,7 +309,8 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
         BM=max(16, next_power_of_2(M)) if cfg.USE_DOT else 1, BN=cfg.BN, BK=cfg.BK, USE_DOT=cfg.USE_DOT,
         HAS_B=bias is not None, GLU=glu, DOT_PREC=_dot_prec(x.dtype),
         NORM=norm is not None, HAS_R=norm is not None and norm.residual is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_PDL=pdl, LINE=line, NL=next_power_of_2(cdiv(K_SPLIT, line)),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(pdl),
     )
     return y
 
