@@ -227,6 +227,30 @@ class GraphDecoder:
         return self.next_ids
 
 
+class TokenCopy:
+    """Sampled token ids [B] on their way to the host without waiting for them at once: ``start(ids)``
+    enqueues the copy into a pinned buffer in stream order (a later decode step may then overwrite
+    ``ids``, the graph's static buffer); ``get()`` waits for that copy only and returns the ids. The
+    generation loop starts the next decode step before it waits for the current token, so the GPU
+    never idles while the host turns a token into text. On the CPU the copy is the ids themselves."""
+
+    def __init__(self, batch_size: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.buffer = torch.empty(batch_size, dtype=torch.long, pin_memory=self.cuda)
+        self.event = torch.cuda.Event() if self.cuda else None
+
+    def start(self, ids: torch.Tensor) -> TokenCopy:
+        self.buffer.copy_(ids.view(-1), non_blocking=self.cuda)
+        if self.cuda:
+            self.event.record()
+        return self
+
+    def get(self) -> list[int]:
+        if self.cuda:
+            self.event.synchronize()
+        return self.buffer.tolist()
+
+
 class Decoder:
     """Decode steps for one cache: graph replays on CUDA (one graph per sampling setting, kept), the
     eager model + sampler elsewhere or when graphs are off. ``sampler(params)`` gives the sampler the

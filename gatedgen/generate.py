@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gatedgen.engine import Decoder
+from gatedgen.engine import Decoder, TokenCopy
 from gatedgen.errors import GatedgenError
 from gatedgen.model import CausalLM
 from gatedgen.prefill_graph import PrefillGraphs, graphable
@@ -83,6 +83,7 @@ class Session:
         graphed = self.decoder.use_graphs and graphable(model, self.cache)
         self.prefill_graphs = PrefillGraphs(model, self.cache) if graphed else None
         self.eos_ids = set(tokenizer.eos_token_ids) | set(model.cfg.eos_token_id)
+        self.token_copy = TokenCopy(1, self.device)  # sampled token -> host
 
     def reset(self) -> None:
         self.cache.reset()
@@ -155,11 +156,17 @@ class Session:
         sampler.prime([ids])
         logits = self._feed(new)
         next_ids = sampler(logits)  # [1] on the device
+        pending = self.token_copy.start(next_ids)
         stats.prompt_tokens = len(new)
         text_of = TokenText(self.tokenizer, settings, self.eos_ids)
         decode_start = start
         while True:
-            token = int(next_ids[0])  # the one host synchronisation per step
+            # run one step ahead: the step that feeds this token (and samples the next) is queued before
+            # the host waits for the token, unless the token is certainly the last one
+            ahead = None
+            if stats.generated_tokens + 1 < settings.max_tokens and len(self.tokens) + 2 < self.max_context:
+                ahead = self._decode(next_ids, settings)
+            token = pending.get()[0]  # the one host synchronisation per step
             now = time.perf_counter()
             if stats.generated_tokens == 0:
                 stats.ttft_seconds = stats.prefill_seconds = now - start
@@ -168,15 +175,21 @@ class Session:
                 stats.decode_seconds = now - decode_start
             stats.generated_tokens += 1
             text, finish = text_of.push(token, context_full=len(self.tokens) + 1 >= self.max_context)
+            if finish is not None and ahead is not None:
+                self.cache.truncate(len(self.tokens))  # the step ran ahead with a token that ends here
+            elif finish is None:
+                self.tokens.append(token)  # now in the cache (the step ahead fed it)
             yield Response(text, token, finish, stats)
             if finish is not None:
                 return
-            next_ids = self._decode(next_ids, token, settings)
+            if ahead is None:
+                ahead = self._decode(next_ids, settings)
+            next_ids, pending = ahead, self.token_copy.start(ahead)  # queued after the step ahead
 
-    def _decode(self, ids: torch.Tensor, token: int, settings: GenerationSettings) -> torch.Tensor:
-        """Append the sampled token (``ids`` on the device, ``token`` its host copy); next ids [1]."""
+    def _decode(self, ids: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+        """Queue the step that appends ``ids`` (the sampled token, on the device) to the cache and samples
+        the next; returns the next ids [1] (the decoder's buffer: the next step overwrites it)."""
         next_ids = self.decoder.step(ids, settings.sampling)
-        self.tokens.append(token)
         if self.cache.lengths[0] % REBASE_EVERY == 0:
             self.cache.rebase_gates()
         return next_ids

@@ -126,12 +126,15 @@ def linear_swiglu(x, weight, inter, bias=None):
 def rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None, inter=None):
     """(y, h): h = x + residual (x without one), y = linear(rms_norm(h) * norm_weight, weight, bias), or with
     ``inter`` linear_swiglu(..., inter, bias). One kernel -- the skinny GEMM with the norm in its prologue
-    (kernels/gemm/skinny.py) -- where ``linear`` takes the skinny GEMM and GATEDGEN_NO_NORM_FOLD is unset;
-    otherwise ``rms_norm`` then ``linear`` / ``linear_swiglu`` (the two kernels of before; on CPU exactly
-    kernels.gemm.naive.rms_norm_linear)."""
+    (kernels/gemm/skinny.py) -- for one row (batch-1 decode) where ``linear`` takes the skinny GEMM and
+    GATEDGEN_NO_NORM_FOLD is unset; otherwise ``rms_norm`` then ``linear`` / ``linear_swiglu`` (the two
+    kernels of before; on CPU exactly kernels.gemm.naive.rms_norm_linear). More rows stay unfolded: on
+    the H100 the fold cost the batch-32 decode step 4-5% (each program scales every row's tiles again),
+    while it saves 8% at batch 1 (docs/notes-generate.md)."""
     grad = torch.is_grad_enabled() and (norm_weight.requires_grad
                                         or (residual is not None and residual.requires_grad))
-    if (_skinny_ok(x, weight, bias) and not grad and os.environ.get("GATEDGEN_NO_NORM_FOLD", "0") != "1"
+    one_row = x.numel() == x.shape[-1]
+    if (one_row and _skinny_ok(x, weight, bias) and not grad and os.environ.get("GATEDGEN_NO_NORM_FOLD", "0") != "1"
             and (residual is None or residual.dtype == x.dtype)):
         return importlib.import_module("kernels.gemm.skinny").rms_norm_linear(
             x, norm_weight, eps, weight, bias, residual, inter)

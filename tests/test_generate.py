@@ -92,3 +92,21 @@ def test_context_limit(session):
         list(session.generate(list(range(1, 200)), GenerationSettings()))
     responses, _, tokens = _run(session, list(range(1, 120)), max_tokens=50, sampling=GREEDY, ignore_eos=True)
     assert responses[-1].finish_reason == "length" and len(tokens) < 50
+
+
+def test_step_run_ahead_is_undone_when_a_token_ends_generation(session, ckpt):
+    """The decode loop queues the next step before it reads the current token; when that token ends the
+    generation (here a stop token) the step it ran ahead is taken back: the cache holds exactly the
+    session's tokens, and the next turn continues as a fresh session would."""
+    ids = session.tokenizer.encode("Once upon a time")
+    _, _, tokens = _run(session, ids, max_tokens=10, sampling=GREEDY, ignore_eos=True)
+    stop = next(t for i, t in enumerate(tokens) if i >= 3 and t not in tokens[:i])
+    cut = tokens.index(stop)
+    session.reset()
+    responses, _, got = _run(session, ids, max_tokens=10, sampling=GREEDY, ignore_eos=True, stop_token_ids=[stop])
+    assert got == tokens[: cut + 1] and responses[-1].finish_reason == "stop"
+    assert session.tokens == ids + tokens[:cut]
+    assert session.cache.lengths[0] == len(session.tokens)
+    more = ids + tokens[:cut] + session.tokenizer.encode(" and")
+    _, _, after = _run(session, more, max_tokens=6, sampling=GREEDY, ignore_eos=True)
+    assert after == FoxOracle(ckpt).greedy(more, 6)

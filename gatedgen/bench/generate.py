@@ -151,7 +151,7 @@ def bench_ours(model, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens:
 
     With graphs on and B=1 the first prefill chunk replays a prefill graph (unless ``graph_prefill``
     is False), like a Session's first turn."""
-    from gatedgen.engine import Decoder
+    from gatedgen.engine import Decoder, TokenCopy
     from gatedgen.generate import PREFILL_CHUNK
     from gatedgen.sampling import SamplingParams
 
@@ -159,6 +159,7 @@ def bench_ours(model, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens:
     params = SamplingParams(temperature=0)
     cache = model.new_cache(batch, prompt_len + new_tokens + 1)
     decoder = Decoder(model, cache, use_graphs)
+    copy = TokenCopy(batch, device)
     sampler = decoder.sampler(params)
     decoder.capture(params)
     graphs = _prefill_graphs(model, cache, prompt_len, use_graphs) if graph_prefill else None
@@ -176,11 +177,16 @@ def bench_ours(model, cfg: ModelConfig, batch: int, prompt_len: int, new_tokens:
             else:
                 logits = model(prompt[:, i : i + PREFILL_CHUNK], cache, mode="prefill", last_only=True)[:, -1]
         ids = sampler(logits)
-        ids.tolist()
+        copy.start(ids).get()
         t1 = time.perf_counter()
-        for _ in range(new_tokens - 1):
+        pending = None
+        for _ in range(new_tokens - 1):  # as Session.generate: each step queued before the previous token is read
             ids = decoder.step(ids, params)
-            ids.tolist()  # what a streamer needs each step
+            if pending is not None:
+                pending.get()  # what a streamer needs each step
+            pending = copy.start(ids)
+        if pending is not None:
+            pending.get()
         t2 = time.perf_counter()
         if run:
             ttfts.append(t1 - t0)
