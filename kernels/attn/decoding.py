@@ -60,6 +60,7 @@ sum from the (possibly rebased) newest entry, so rebasing and appending commute.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -144,10 +145,14 @@ def num_splits(
     + SPLIT_OVERHEAD) over P = B * H * NS programs on slots = programs_per_sm * SMs: the busiest slot
     sets the time, so a grid one program past a full wave costs a second wave (1 x 32768 at 8 KV
     heads on 132 SMs: 16 splits = 128 programs, not 17 = 136; 8 x 8192: 2 splits = 128, not 3 = 192).
-    ``ceil``: the earlier rule, NS = ceil(slots / (B * H))."""
-    slots = (programs_per_sm or PROGRAMS_PER_SM) * num_sms(device)
+    ``ceil``: the earlier rule, NS = ceil(slots / (B * H)). Cached: a decode step calls it per layer."""
+    return _num_splits(B, H, Tmax, block_s, (programs_per_sm or PROGRAMS_PER_SM) * num_sms(device),
+                       rule or SPLIT_RULE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _num_splits(B: int, H: int, Tmax: int, block_s: int, slots: int, rule: str) -> int:
     most = max(1, min(cdiv(Tmax, block_s), MAX_SPLITS))
-    rule = rule or SPLIT_RULE
     if rule == "ceil":
         return max(1, min(cdiv(slots, B * H), most))
     if rule != "waves":
