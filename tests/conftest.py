@@ -77,3 +77,22 @@ def nan_buffers_fixture(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", nan_empty)
     monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+
+
+def decode_logits_on_off(monkeypatch, env: str, batch: int, dtype):
+    """(model, [logits with env=1, logits with env=0]): the 135M random model's eager decode step after a
+    9-token prefill, once with the switch ``env`` set (the path it turns off) and once without (CUDA)."""
+    from gatedgen.bench.generate import PRESETS, random_model
+    from gatedgen.engine import Decoder
+
+    model = random_model(PRESETS["135m"], "cuda", dtype)
+    ids = torch.randint(0, model.cfg.vocab_size, (batch, 9), device="cuda")
+    logits = []
+    for off in ("1", "0"):
+        monkeypatch.setenv(env, off)
+        cache = model.new_cache(batch, 16)
+        Decoder(model, cache, use_graphs=False)
+        with torch.inference_mode():
+            model(ids, cache, mode="prefill")
+            logits.append(model(ids[:, :1], cache, mode="decode"))
+    return model, logits

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from conftest import interpret, needs_cuda, poisoned, rel_err
+from conftest import decode_logits_on_off, interpret, needs_cuda, poisoned, rel_err
 from gatedgen.linears import SkinnyLinear, use_skinny_linears
 
 triton_ok = pytest.mark.skipif(
@@ -363,19 +363,7 @@ def test_cuda_graph_replay(M, N, K):
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])  # bf16: 30 layers of
 def test_decode_step_with_and_without_skinny(monkeypatch, batch, dtype, tol):  # roundings, ~1.4e-2 on CPU
-    from gatedgen.bench.generate import PRESETS, random_model
-    from gatedgen.engine import Decoder
-
-    model = random_model(PRESETS["135m"], "cuda", dtype)
-    ids = torch.randint(0, model.cfg.vocab_size, (batch, 9), device="cuda")
-    logits = []
-    for off in ("1", "0"):
-        monkeypatch.setenv("GATEDGEN_NO_SKINNY", off)
-        cache = model.new_cache(batch, 16)
-        Decoder(model, cache, use_graphs=False)
-        with torch.inference_mode():
-            model(ids, cache, mode="prefill")
-            logits.append(model(ids[:, :1], cache, mode="decode"))
+    model, logits = decode_logits_on_off(monkeypatch, "GATEDGEN_NO_SKINNY", batch, dtype)
     assert any(type(m) is SkinnyLinear for m in model.modules())
     assert rel_err(logits[1], logits[0].double()) < tol
 
