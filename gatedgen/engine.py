@@ -73,7 +73,7 @@ class _FusedLinear(nn.Module):
 
     def normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm) -> torch.Tensor:
         """h = x + residual (x without one); computes the maps of norm(h) -- one kernel at decode, the
-        norm in the GEMM's prologue -- and keeps them under h: ``parts(h)`` then returns them."""
+        norm inside the GEMM -- and keeps them under h: ``parts(h)`` then returns them."""
         y, h = kernels.rms_norm_linear(x, norm.weight, norm.eps, self.weight, self.bias, residual)
         self._keep(h, y)
         return h
@@ -101,7 +101,7 @@ _FUSE_GROUPS = {
 
 class FusedBlock(Block):
     """A Block whose two RMSNorms run inside the GEMMs that read their outputs (kernels.rms_norm_linear:
-    at decode one kernel each, the norm in the skinny GEMM's prologue; at prefill the norm kernel then
+    at batch-1 decode one kernel each, the norm inside the skinny GEMM; otherwise the norm kernel then
     cuBLAS, as in Block). Same function as Block:
         h = x + residual;  q, k, v, f, ... = W_attn RMSNorm(h)       (attn.fused_in.normed)
         a = Attn(...)                                                (its projections return those maps)

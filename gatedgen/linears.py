@@ -10,8 +10,8 @@ the LM head (CausalLM._run) call ``kernels.linear`` themselves; a fused MLP (mod
 in one kernel), cuBLAS then the SwiGLU kernel at prefill. GATEDGEN_NO_SKINNY=1 puts every one of
 them back on F.linear (the Decoder then also leaves the modules alone).
 
-The RMSNorms before those GEMMs run inside them (``kernels.rms_norm_linear``: the norm in the skinny
-GEMM's prologue): the LM head's final norm (CausalLM.logits) and, once engine.fuse_projections has made
+At batch-1 decode the RMSNorms before those GEMMs run inside them (``kernels.rms_norm_linear``: the norm in the skinny
+GEMM): the LM head's final norm (CausalLM.logits) and, once engine.fuse_projections has made
 a block an engine.FusedBlock, its two norms. GATEDGEN_NO_NORM_FOLD=1 keeps the old path (the RMSNorm
 kernel, then the GEMM) at decode too; GATEDGEN_NO_SKINNY=1 implies it.
 """

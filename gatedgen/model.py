@@ -300,7 +300,7 @@ class CausalLM(nn.Module):
 
     def logits(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """LM head of the last block's output x and residual: W_out RMSNorm(x + residual), fp32 (at decode
-        one kernel, the norm in the skinny GEMM's prologue; elsewhere the norm kernel then the GEMM)."""
+        one kernel, the norm inside the skinny GEMM; elsewhere the norm kernel then the GEMM)."""
         norm = self.model.norm
         y, _ = kernels.rms_norm_linear(x, norm.weight, norm.eps, self.output_weight, residual=residual)
         return y.float()

@@ -15,7 +15,7 @@ Fused model ops (kernels/norm, kernels/glu, kernels/gate; references in each ``n
     linear(x, weight, bias=None)   F.linear; Triton skinny GEMM for <= 32 rows on CUDA (kernels/gemm)
     linear_swiglu(x, weight, inter, bias=None)   swiglu of a fused gate/up linear (skinny GEMM epilogue)
     rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None, inter=None) -> (y, h)
-        linear (linear_swiglu with inter) of rms_norm(h = x + residual): the norm in the skinny GEMM's prologue
+        linear (linear_swiglu with inter) of rms_norm(h = x + residual): the norm folded into the skinny GEMM
     apply_rope(q, k, cos, sin) -> (q, k) rotated      cos, sin: [B or 1, T, D/2] fp32 (kernels/rope)
 """
 

@@ -125,7 +125,7 @@ def linear_swiglu(x, weight, inter, bias=None):
 
 def rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None, inter=None):
     """(y, h): h = x + residual (x without one), y = linear(rms_norm(h) * norm_weight, weight, bias), or with
-    ``inter`` linear_swiglu(..., inter, bias). One kernel -- the skinny GEMM with the norm in its prologue
+    ``inter`` linear_swiglu(..., inter, bias). One kernel -- the skinny GEMM with the norm folded in
     (kernels/gemm/skinny.py) -- for one row (batch-1 decode) where ``linear`` takes the skinny GEMM and
     GATEDGEN_NO_NORM_FOLD is unset; otherwise ``rms_norm`` then ``linear`` / ``linear_swiglu`` (the two
     kernels of before; on CPU exactly kernels.gemm.naive.rms_norm_linear). More rows stay unfolded: on

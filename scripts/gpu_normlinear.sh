@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the RMSNorm fold (kernels.rms_norm_linear: the norm in the skinny GEMM's prologue,
+# One device call for the RMSNorm fold (kernels.rms_norm_linear: the norm folded into the skinny GEMM,
 # issue 5): GPU tests (tests/test_norm_linear.py, then the engine / prefill-graph / skinny GEMM suites the
 # fold runs through), per-call times of norm + GEMM vs the fused kernel at the 135M maps, and one decode
 # step's graph replay with GATEDGEN_NO_NORM_FOLD=1 and without. Logs to $OUT; the tables come last.

@@ -3,7 +3,7 @@ it replaces (Triton RMSNorm + residual, then the skinny GEMM / linear_swiglu) an
 (kernels.gemm.skinny.rms_norm_linear) at the 135M model's normed maps (q/k/v/f 969 x 576, gate/up
 2 x 1536 x 576, LM head 49152 x 576) and M = 1, 8, 32; then one decode step's graph replay
 (gatedgen.bench.generate.replay_step_us, 135m / 135m-llama, B = 1 and 32) with GATEDGEN_NO_NORM_FOLD=1
-(norm kernels) and without (norms in the GEMM prologues). Prints tables (the step table last); writes
+(norm kernels) and without (norms folded into the GEMMs). Prints tables (the step table last); writes
 $OUT/normlinear_bench.json.
 """
 

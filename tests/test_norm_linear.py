@@ -1,4 +1,4 @@
-"""RMSNorm folded into the skinny GEMM's prologue (kernels.rms_norm_linear) and the FusedBlock wiring.
+"""RMSNorm folded into the skinny GEMM (kernels.rms_norm_linear) and the FusedBlock wiring.
 
 CPU: the kernel under TRITON_INTERPRET=1 on small odd shapes (K not a multiple of BK, N odd) on every
 path (FMA / dot, split-K, bias, SwiGLU epilogue, with and without a residual) into NaN-poisoned y and h,
@@ -329,7 +329,7 @@ def test_cuda_graph_replay(N, K, inter, M):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])  # bf16: 30 layers of
 def test_decode_step_with_and_without_fold(monkeypatch, batch, dtype, tol):  # roundings (as test_skinny_linear)
     """The 135M model's eager decode step (FusedBlocks, skinny GEMMs) with GATEDGEN_NO_NORM_FOLD=1
-    (norm kernels + GEMMs) and without (norms in the GEMMs' prologues); then graph replays of both
+    (norm kernels + GEMMs) and without (norms folded into the GEMMs); then graph replays of both
     greedy-decode the same tokens in fp32."""
     from gatedgen.engine import FusedBlock
 

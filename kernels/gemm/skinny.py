@@ -248,7 +248,7 @@ def _dot_prec(dtype: torch.dtype) -> str:
 
 
 class Norm(NamedTuple):
-    """The RMSNorm folded into the GEMM's prologue: the GEMM's input is rms_norm(h) * weight of
+    """The RMSNorm folded into the GEMM: the GEMM's input is rms_norm(h) * weight of
     h = x + residual (x without one); h is written to ``h`` (a fresh [..., K] buffer in x's dtype,
     never x or the residual, which other programs still read) when there is a residual."""
     weight: torch.Tensor  # [K]
@@ -372,7 +372,7 @@ def rms_norm_linear(
     inter: int | None = None,  # I: the SwiGLU epilogue (linear_swiglu)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (y [..., N or I], h = x + residual [..., K]) in x's dtype
     """linear(rms_norm(h) * norm_weight, weight, bias) (or linear_swiglu with ``inter``) of h = x + residual,
-    the norm computed in the GEMM's prologue: one kernel instead of the norm kernel and the GEMM."""
+    the norm computed inside the GEMM: one kernel instead of the norm kernel and the GEMM."""
     if inter is not None and weight.shape[0] != 2 * inter:
         raise ValueError(f"weight has {weight.shape[0]} rows, not 2 x {inter}")
     h = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else x
