@@ -31,8 +31,9 @@ def pdl_enabled(device: torch.device) -> bool:
     A kernel launched with it may start while the kernel before it in the stream is still running; it
     must pass ``pdl_wait`` before it reads what earlier kernels wrote or writes anything (the previous
     kernel may still read the memory), and may read what no kernel of the step writes (weights) before
-    that. Eager launches keep plain stream order: on the H100 eager PDL launches of the decode kernel
-    timed 1.7-3.5x slower (2026-11-24), graph replays 8-12% faster per step."""
+    that. Eager launches keep plain stream order: there a step is bound by the host's launches, and
+    PDL's gain was measured only in graph replays (H100, 2026-11-24: 8-12% per decode step). An eager
+    timing that first looked 1.7-3.5x slower with PDL was host launch cost (docs/notes-decode.md)."""
     device = torch.device(device)
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("GATEDGEN_NO_PDL") == "1":
         return False

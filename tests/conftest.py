@@ -96,3 +96,11 @@ def decode_logits_on_off(monkeypatch, env: str, batch: int, dtype):
             model(ids, cache, mode="prefill")
             logits.append(model(ids[:, :1], cache, mode="decode"))
     return model, logits
+
+
+def spy_shapes(monkeypatch, owner, name: str) -> list:
+    """Wrap ``owner.name`` (a module's function) so that each call records its first argument's shape;
+    returns the list the calls fill."""
+    calls, real = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    return calls

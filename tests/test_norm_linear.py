@@ -16,7 +16,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import decode_logits_on_off, interpret, needs_cuda, poisoned, rel_err
+from conftest import decode_logits_on_off, interpret, needs_cuda, poisoned, rel_err, spy_shapes
 
 import kernels
 from kernels.gemm import naive
@@ -285,9 +285,7 @@ def test_model_shapes_other_dtypes(N, K, inter, M, dtype):
 
 @needs_cuda
 def test_dispatch_cuda(monkeypatch):
-    calls = []
-    real = skinny.rms_norm_linear
-    monkeypatch.setattr(skinny, "rms_norm_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls = spy_shapes(monkeypatch, skinny, "rms_norm_linear")
     bf = {"device": "cuda", "dtype": torch.bfloat16}
     w, g = torch.randn(64, 96, **bf), torch.randn(96, **bf)
     with torch.inference_mode():

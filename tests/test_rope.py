@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import interpret, needs_cuda, rel_err
+from conftest import interpret, needs_cuda, rel_err, spy_shapes
 from gatedgen.attention import get_backend
 from gatedgen.config import ModelConfig
 from gatedgen.model import CausalLM, rope_cos_sin, rope_inv_freq, rope_tables
@@ -165,9 +165,7 @@ def _llama(layers=3, scaling=None, seed=0, backend="reference", head_dim=8) -> C
 def test_angles_computed_once_per_pass(monkeypatch):
     import gatedgen.model as model_mod
 
-    calls = []
-    real = model_mod.rope_cos_sin
-    monkeypatch.setattr(model_mod, "rope_cos_sin", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls = spy_shapes(monkeypatch, model_mod, "rope_cos_sin")
     model = _llama(layers=3, scaling={"rope_type": "linear", "factor": 4.0})
     ids = torch.randint(0, 97, (2, 9))
     cache = model.new_cache(2, 16)

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from conftest import decode_logits_on_off, interpret, needs_cuda, poisoned, rel_err
+from conftest import decode_logits_on_off, interpret, needs_cuda, poisoned, rel_err, spy_shapes
 from gatedgen.linears import SkinnyLinear, use_skinny_linears
 
 triton_ok = pytest.mark.skipif(
@@ -322,9 +322,7 @@ def test_model_shapes_other_dtypes(N, K, M, dtype):
 
 @needs_cuda
 def test_dispatch_cuda(monkeypatch):
-    calls = []
-    real = skinny.linear
-    monkeypatch.setattr(skinny, "linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls = spy_shapes(monkeypatch, skinny, "linear")
     w = torch.randn(64, 96, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         kernels.linear(torch.randn(1, 1, 96, device="cuda", dtype=torch.bfloat16), w)
@@ -388,9 +386,7 @@ def test_swiglu_other_dtypes(M, dtype):
 
 @needs_cuda
 def test_swiglu_dispatch_cuda(monkeypatch):
-    calls = []
-    real = skinny.linear_swiglu
-    monkeypatch.setattr(skinny, "linear_swiglu", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls = spy_shapes(monkeypatch, skinny, "linear_swiglu")
     w = torch.randn(128, 96, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         ys = [kernels.linear_swiglu(torch.randn(m, 96, device="cuda", dtype=torch.bfloat16), w, 64)

@@ -80,7 +80,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the H100 (2026-11-24: 1x4096 19.4 us vs 21.8 for 4 + merge kernel; 1x32768 66.6 vs 72.4 us)
 PROGRAMS_PER_SM = 1
 MAX_SPLITS = 128
-SPLIT_RULE = "waves"  # num_splits: whole waves of programs ("ceil": the rule before 2026-11-25)
+SPLIT_RULE = "waves"  # num_splits: whole waves of programs ("ceil": the earlier rule, kept for the sweep)
 SPLIT_OVERHEAD = 256  # a program's fixed cost (prologue, partial write, merge) in cache tokens, modelled
 MERGE_BLOCK = 32  # partials merged per step in the merge kernel
 # tiles of < 16 query rows (Tq * G): pad to a 16-row tl.dot tile (True) or broadcast-multiply-reduce
@@ -340,6 +340,7 @@ def append_kv(
     chunk = chunk or APPEND_CHUNK or BT
     chunk = cdiv(min(chunk, Tn), BT) * BT  # whole tiles
     BG = max(2, next_power_of_2(HQ // H))
+    pdl = pdl_enabled(k_cache.device)
     append_kv_kernel[(cdiv(Tn, chunk), B, H)](
         k_cache, v_cache, gc_cache, k, v, gates, cache_seqlens,
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
@@ -347,8 +348,7 @@ def append_kv(
         Tmax, Tn, chunk,
         H=H, HQ=HQ, G=HQ // H, D=D,
         BT=BT, BP=block_p or max(BT, 4096 // BG), BD=max(16, next_power_of_2(D)),
-        BG=BG, USE_G=use_g, LOGITS=logits, USE_PDL=pdl_enabled(k_cache.device), num_warps=4,
-        **pdl_launch(pdl_enabled(k_cache.device)),
+        BG=BG, USE_G=use_g, LOGITS=logits, USE_PDL=pdl, num_warps=4, **pdl_launch(pdl),
     )
 
 

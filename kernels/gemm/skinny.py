@@ -281,7 +281,11 @@ def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: C
     y = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (*x.shape[:-1], N) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be contiguous {x.dtype} {(*x.shape[:-1], N)}")
-    r2, h = _check_norm(x, norm) if norm is not None else (x2, x2)
+    r2, h = x2, x2  # placeholders: without a residual the kernel neither reads r nor writes h
+    if norm is not None:
+        _check_norm(x, norm)
+        if norm.residual is not None:
+            r2, h = _rows(norm.residual, K), norm.h
     if M == 0 or N == 0 or K == 0:
         if norm is not None and norm.residual is not None and M and K:
             torch.add(x, norm.residual, out=norm.h)  # no GEMM to fold it into
@@ -320,13 +324,13 @@ def _rows(t: torch.Tensor, K: int) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def _check_norm(x: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual as rows [M, K] and h's buffer (x's rows when there is no residual: never written)."""
+def _check_norm(x: torch.Tensor, norm: Norm) -> None:
+    """The norm weight fits x; a residual comes with an h buffer of x's shape that aliases neither input."""
     K = x.shape[-1]
     if norm.weight.shape != (K,):
         raise ValueError(f"norm weight {tuple(norm.weight.shape)} does not match {K} channels")
     if norm.residual is None:
-        return _rows(x, K), _rows(x, K)
+        return
     r, h = norm.residual, norm.h
     if r.shape != x.shape or r.dtype != x.dtype:
         raise ValueError(f"residual {r.dtype} {tuple(r.shape)} != x {x.dtype} {tuple(x.shape)}")
@@ -334,7 +338,6 @@ def _check_norm(x: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"h must be a contiguous {x.dtype} {tuple(x.shape)} buffer")
     if h.numel() and any(h.data_ptr() == t.data_ptr() for t in (x, r)):
         raise ValueError("h must not alias x or the residual (other programs still read them)")
-    return _rows(r, K), h
 
 
 def _config_for(x: torch.Tensor, N: int) -> Config:
