@@ -137,6 +137,15 @@ def dot(a, b, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
+def dot_acc(a, b, acc, DOT_PREC: tl.constexpr):
+    # acc + a @ b with the accumulator inside the MMA (no separate add of a product tile)
+    if DOT_PREC == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PREC)
+
+
+@triton.jit
 def dot_fp32(a, b):
     return tl.dot(a.to(tl.float32), b.to(tl.float32))
 

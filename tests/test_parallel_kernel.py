@@ -177,6 +177,36 @@ def test_varlen_with_length_one(seed):
         _check(f"seq {bos}:{eos}", o[:, bos:eos], sep, 1e-5, seed)
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+@pytest.mark.parametrize("gated", [True, False])
+def test_forward_tma_matches_pointer_loads(varlen, gated, seed, monkeypatch):
+    """bf16 at a power-of-two head dim takes the TMA descriptor loads (which read past a sequence's end
+    into the next one); the pointer loads must give the same output, and the rows of the neighbouring
+    sequence (set to inf) must not reach it."""
+    B, T = (1, 70) if varlen else (2, 45)
+    q, k, v, g = _inputs(B, T, 4, 2, 64, torch.bfloat16)
+    cu = torch.tensor([0, 33, 70], dtype=torch.int32, device=DEVICE) if varlen else None
+    taken = []
+    real = parallel._kv_descriptors
+    monkeypatch.setattr(parallel, "_kv_descriptors", lambda *a: taken.append(real(*a)[0] is not None) or real(*a))
+    gate = g if gated else None
+    o_tma = parallel.parallel_attn(q, k, v, gate, cu_seqlens=cu)
+    monkeypatch.setattr(parallel, "_TMA", False)
+    o_ptr = parallel.parallel_attn(q, k, v, gate, cu_seqlens=cu)
+    assert taken == [True, False]
+    _check("tma vs pointer", o_tma, o_ptr, 1e-2, seed)
+    _check("o", o_tma, _reference(q, k, v, gate, cu_seqlens=cu)[0], FWD_TOL[torch.bfloat16], seed)
+    # poison what follows the first sequence: its output must not change
+    n0 = 33 if varlen else T
+    k2, v2 = k.clone().view(-1, 2, 64), v.clone().view(-1, 2, 64)
+    k2[n0:], v2[n0:] = float("inf"), float("inf")
+    monkeypatch.setattr(parallel, "_TMA", True)
+    o_poison = parallel.parallel_attn(q, k2.view_as(k), v2.view_as(v), gate, cu_seqlens=cu)
+    first = o_poison[:, :n0] if varlen else o_poison[:1]
+    want = o_tma[:, :n0] if varlen else o_tma[:1]
+    assert torch.equal(first, want)
+
+
 def test_backward_continues_cache(seed):
     Tk, Tq = 57, 20
     q, k, v, g = _inputs(2, Tk, 4, 2, 32, torch.float32)

@@ -129,6 +129,31 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# TMA descriptors for the forward's K/V loads (GATEDGEN_NO_TMA=1: pointer loads everywhere)
+_TMA = os.environ.get("GATEDGEN_NO_TMA") != "1"
+
+
+def _kv_descriptors(k, v, BS: int, BK: int):
+    """TMA tensor descriptors of k and v viewed as [B * Tk, H * D] with [BS, BK] blocks, or (None,
+    None) where TMA does not apply: head dims that are not a power of two (a padded block would read
+    the next head), dtypes other than bf16/fp16, bases not 16-byte aligned, 2^31 rows or more (TMA
+    coordinates are int32), GPUs before Hopper."""
+    B, TK, H, K = k.shape
+    usable = (
+        _TMA and K == BK and k.dtype in (torch.bfloat16, torch.float16) and 0 < B * TK < 2**31
+        and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0
+        and (_INTERPRET or (k.is_cuda and torch.cuda.get_device_capability(k.device)[0] >= 9))
+    )
+    if not usable:
+        return None, None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    def desc(x):
+        return TensorDescriptor(x, [B * TK, H * K], [H * K, 1], [BS, BK])
+
+    return desc(k), desc(v)
+
+
 def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log."""
     B, TQ, HQ, K = q.shape
@@ -143,9 +168,12 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
-        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, scale, TQ, TK, 0, IS_VARLEN=False, **common)
+        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, scale, TQ, TK, 0, IS_VARLEN=False,
+                         USE_TMA=False, **common)
         return o, lse
     cfg = _blocks("fwd", BK)
+    desc_k, desc_v = _kv_descriptors(k, v, cfg["BS"], BK)
+    common["USE_TMA"] = desc_k is not None
     if cu_seqlens is None:
         chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
         grid = (NT * B * HQ,)
@@ -155,8 +183,8 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         grid = (NT * HQ,)
     if NT > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, o, gc, lse, cu_seqlens, chunks, scale, TQ, TK, NT, IS_VARLEN=cu_seqlens is not None,
-            **common, **cfg
+            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, scale, TQ, TK, NT,
+            IS_VARLEN=cu_seqlens is not None, **common, **cfg
         )
     return o, lse
 

@@ -1,36 +1,86 @@
 """Forward Triton kernel of gated causal attention in parallel form; the math and the host side are in
-``kernels.attn.parallel``."""
+``kernels.attn.parallel``.
+
+Two representations of a row's base-2 scores (s2_ij = c q_i.k_j + gq_i - gk_j, c = scale log2 e, gq/gk
+the running gate sums of query i / key j in base 2) keep the inner loop as cheap as ungated attention:
+
+* key blocks wholly before the tile (most of them): the row constant gq_i is dropped, since softmax
+  does not see it. With g0 = gq of the tile's first query, s'_ij = c q_i.k_j - (gk_j - g0): one FMA
+  per score (gk_j - g0 >= 0 is a [BS] vector per block). The running max m' is kept in this shifted
+  representation (m' = m - (gq_i - g0)).
+* the blocks over the diagonal: gq_i - g0 is added back to m once (l and o are relative to m and do
+  not change), and the scores take the per-row form c q_i.k_j + (gq_i - g0) - (gk_j - g0), which stays
+  exact when a gate inside the tile forgets everything (a drop of 1e4 between two queries of the tile
+  would otherwise leave fp32 scores near 1e4, with 1e-3 absolute rounding).
+
+Ungated rows take the row max of the raw products and scale it (c > 0), so that the probabilities are
+one FMA and one exp2 per score. K/V come through TMA tensor descriptors when the head dim is a power of
+two and the dtype 16-bit (``USE_TMA``), else through masked pointer loads.
+"""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from kernels.attn.parallel_common import (
-    causal_key_range,
-    key_block_scores,
-    load_gate,
-    program_tile,
-    row_ptrs,
-    tile_ptrs,
-)
-from kernels.utils import LN2, LOG2E, dot
+from kernels.attn.parallel_common import causal_key_range, load_gate, load_kv, program_tile, row_ptrs, tile_ptrs
+from kernels.utils import LN2, LOG2E, dot, dot_acc
 
 
 @triton.jit
-def _fwd_block(k, v, gc, b_q, b_gq, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale,
-               H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, USE_G: tl.constexpr, DOT_PREC: tl.constexpr,
+def _fwd_kv(k, v, desc_k, desc_v, row0, i_h, o_s, o_d, m_k, H: tl.constexpr, K: tl.constexpr, BS: tl.constexpr,
+            BK: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+    """k and v [BS, BK] of key rows row0 + o_s (flattened batch x time) of head i_h. Pointer loads read
+    0 outside the head dim and, in MASKED blocks, past the sequence (m_k). TMA loads read whatever rows
+    follow (the next sequence, or zeros past the tensor): MASKED blocks zero v there, and the caller
+    masks those scores, so nothing of another sequence reaches the output."""
+    if USE_TMA:
+        # TMA coordinates are int32 (the host keeps B * Tk < 2^31 for this path)
+        b_k = desc_k.load([row0.to(tl.int32), (i_h * K).to(tl.int32)])
+        b_v = desc_v.load([row0.to(tl.int32), (i_h * K).to(tl.int32)])
+        if MASKED:
+            b_v = tl.where(m_k[:, None], b_v, 0.0)
+    else:
+        if MASKED:
+            m_kd = m_k[:, None] & (o_d < K)[None, :]
+        else:
+            m_kd = (o_d < K)[None, :]
+        b_k, b_v = load_kv(k, v, row0, i_h, o_s, o_d, m_kd, H, K)
+    return b_k, b_v
+
+
+@triton.jit
+def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d,
+               o_qpos, qk_scale, H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, BS: tl.constexpr,
+               BK: tl.constexpr, USE_G: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                MASKED: tl.constexpr):
     """Fold one key block [i_s, i_s + BS) into the running max b_m, sum b_l and output accumulator b_o
-    (online softmax in base 2): rescale the old sum and accumulator by exp2(m_old - m_new). Blocks
-    before the diagonal (not MASKED) lie wholly inside TK: no mask at all."""
-    b_s, _, b_v = key_block_scores(k, v, gc, b_q, b_gq, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale, H,
-                                   HQ, K, USE_G, DOT_PREC, MASKED, MASKED)
-    b_mn = tl.maximum(b_m, tl.max(b_s, 1))
+    (online softmax in base 2: the old sum and accumulator are rescaled by exp2(m_old - m_new)).
+    Unmasked blocks lie wholly before the tile and inside TK; MASKED ones need the causal and bounds
+    mask. b_gq = gq_i - g0 and b_g0 = g0 (base 2) when USE_G."""
+    o_k = i_s + o_s
+    m_k = o_k < TK
+    b_k, b_v = _fwd_kv(k, v, desc_k, desc_v, bos_k + i_s, i_h, o_s, o_d, m_k, H, K, BS, BK, USE_TMA, MASKED)
+    b_qk = dot(b_q, tl.trans(b_k), DOT_PREC)
+    if MASKED:
+        m_s = (o_qpos[:, None] >= o_k[None, :]) & m_k[None, :]
+    if USE_G:
+        # [BS] gate sums of the keys relative to the tile's first query
+        b_gk = load_gate(gc, bos_k + i_s, i_hq, o_s, m_k, HQ, MASKED) - b_g0
+        if MASKED:
+            b_s = tl.where(m_s, b_qk * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
+        else:
+            b_s = b_qk * qk_scale - b_gk[None, :]
+        b_mn = tl.maximum(b_m, tl.max(b_s, 1))
+        b_p = tl.math.exp2(b_s - b_mn[:, None])
+    else:
+        if MASKED:
+            b_qk = tl.where(m_s, b_qk, float("-inf"))
+        b_mn = tl.maximum(b_m, tl.max(b_qk, 1) * qk_scale)
+        b_p = tl.math.exp2(b_qk * qk_scale - b_mn[:, None])
     b_r = tl.math.exp2(b_m - b_mn)
-    b_p = tl.math.exp2(b_s - b_mn[:, None])
     b_l = b_l * b_r + tl.sum(b_p, 1)
-    b_o = b_o * b_r[:, None] + dot(b_p.to(b_v.dtype), b_v, DOT_PREC)
+    b_o = dot_acc(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None], DOT_PREC)
     return b_mn, b_l, b_o
 
 
@@ -44,6 +94,8 @@ def parallel_attn_fwd_kernel(
     lse,
     cu_seqlens,
     chunk_indices,
+    desc_k,
+    desc_v,
     scale,
     TQ,
     TK,
@@ -57,6 +109,7 @@ def parallel_attn_fwd_kernel(
     BS: tl.constexpr,
     BK: tl.constexpr,
     USE_G: tl.constexpr,
+    USE_TMA: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -77,26 +130,34 @@ def parallel_attn_fwd_kernel(
     b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)
     qk_scale = scale * LOG2E
     b_gq = tl.zeros([BT], dtype=tl.float32)
+    b_g0 = 0.0
     if USE_G:
-        b_gq = load_gate(gc, bos_k + offset + t0, i_hq, o_t, m_t, HQ, True)
+        # base-2 gate sums of the tile's queries, relative to its first query's (g0)
+        b_g0 = tl.load(gc + (bos_k + offset + t0) * HQ + i_hq).to(tl.float32) * LOG2E
+        b_gq = load_gate(gc, bos_k + offset + t0, i_hq, o_t, m_t, HQ, True) - b_g0
 
     b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BT], dtype=tl.float32)
     b_o = tl.zeros([BT, BK], dtype=tl.float32)
 
-    # key blocks wholly before the tile's first query (no causal mask, no bounds mask on rows), then
-    # the blocks that overlap the diagonal (mask j > i and keys beyond TK). Every row keeps key
-    # i_diag <= its own position, so no row is all -inf after the first block.
+    # key blocks wholly before the tile's first query (no causal mask, no bounds mask on rows; gated
+    # scores without the row constant), then the blocks that overlap the diagonal (mask j > i and keys
+    # beyond TK; per-row gated scores). Every row keeps key i_diag <= its own position, so no row is
+    # all -inf after the first diagonal block.
     i_diag, i_end = causal_key_range(offset, t0, TK, BT, BS)
     for i_s in range(0, i_diag, BS):
-        b_m, b_l, b_o = _fwd_block(k, v, gc, b_q, b_gq, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos,
-                                   qk_scale, H, HQ, K, USE_G, DOT_PREC, False)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
+                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
+                                   DOT_PREC, False)
+    # back to the per-row representation: m = m' + (gq_i - g0)
+    b_m += b_gq
     for i_s in range(i_diag, i_end, BS):
-        b_m, b_l, b_o = _fwd_block(k, v, gc, b_q, b_gq, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos,
-                                   qk_scale, H, HQ, K, USE_G, DOT_PREC, True)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
+                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
+                                   DOT_PREC, True)
 
     b_o = b_o / b_l[:, None]
-    # natural-log lse = (m2 + log2 l) * ln 2
+    # natural-log lse = (m2 + log2 l) * ln 2 (m2 is in the per-row representation: true base-2 scores)
     b_lse = (b_m + tl.math.log2(b_l)) * LN2
     p_o = tile_ptrs(o, bos_q + t0, i_hq, o_t, o_d, HQ, K)
     tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])

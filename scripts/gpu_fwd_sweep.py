@@ -1,0 +1,119 @@
+"""Forward block/TMA sweep of the parallel attention kernel on the GPU (one device call).
+
+For each shape (bf16, causal) and each (BT, BS, num_warps, num_stages) x {TMA, pointer loads}, the
+gated and ungated forward in TFLOP/s (FlashAttention convention, do_bench medians), with torch SDPA
+and fla's gated forward timed in the same run. Prints one row per variant as it finishes, the
+compiled kernels' registers/spills, and a summary table last. Env: SWEEP_SECONDS (budget, default
+200), FWD_SHAPES ("name:B:T:HQ:H:D,..."), FWD_CONFIGS ("BT:BS:W:S,...").
+Run from the repo root: python3 scripts/gpu_fwd_sweep.py
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from kernels.attn import parallel as par
+from kernels.attn import parallel_tuning as tun
+
+SHAPES = [("16x128", 4, 4096, 16, 16, 128), ("16x128", 16, 1024, 16, 16, 128), ("gqa32:8x128", 4, 4096, 32, 8, 128),
+          ("16x128", 1, 16384, 16, 16, 128), ("32x64", 4, 4096, 32, 32, 64)]
+CONFIGS = {
+    128: [(128, 32, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2),
+          (64, 64, 4, 3), (128, 64, 4, 4)],
+    64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+}
+
+
+def _parse():
+    shapes, configs = SHAPES, CONFIGS
+    if os.environ.get("FWD_SHAPES"):
+        shapes = []
+        for item in os.environ["FWD_SHAPES"].split(","):
+            name, *nums = item.split(":")
+            shapes.append((name, *map(int, nums)))
+    if os.environ.get("FWD_CONFIGS"):
+        cfgs = [tuple(map(int, c.split(":"))) for c in os.environ["FWD_CONFIGS"].split(",")]
+        configs = {128: cfgs, 64: cfgs}
+    return shapes, configs
+
+
+def _bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def main() -> None:
+    shapes, configs = _parse()
+    deadline = time.time() + float(os.environ.get("SWEEP_SECONDS", "200"))
+    try:
+        from fla.ops.attn.parallel import parallel_attn as fla_attn
+    except Exception:  # noqa: BLE001
+        fla_attn = None
+    default = dict(tun._BLOCKS["fwd"])
+    summary = []
+    for name, B, T, HQ, H, D in shapes:
+        torch.manual_seed(0)
+        q = torch.randn(B, T, HQ, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        g = F.logsigmoid(torch.randn(B, T, HQ, device="cuda") + 4)
+        fl = 2.0 * B * HQ * T * T * D
+        qs, ks, vs = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        sdpa = fl / _bench(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
+                                                                  enable_gqa=HQ != H)) / 1e9
+        fla_g = fl / _bench(lambda: fla_attn(q, k, v, g=g)) / 1e9 if fla_attn else float("nan")
+        ref = {gate: par.parallel_attn(q, k, v, g if gate else None).float() for gate in (True, False)}
+        print(f"== {name} B={B} T={T}: SDPA {sdpa:.0f}, fla gated {fla_g:.0f} TFLOP/s", flush=True)
+        best = {}
+        for cfg in configs[D]:
+            for tma in (True, False):
+                if time.time() > deadline:
+                    print(f"{cfg} tma={tma}: skipped (budget)", flush=True)
+                    continue
+                tun._BLOCKS["fwd"][D] = cfg
+                tun._blocks.cache_clear()
+                par._TMA = tma
+                cells = []
+                for gate in (True, False):
+                    fn = (lambda gate=gate: par.parallel_attn(q, k, v, g if gate else None))
+                    try:
+                        err = (fn().float() - ref[gate]).abs().max().item()
+                        tf = fl / _bench(fn) / 1e9
+                    except Exception as e:  # noqa: BLE001
+                        print(f"{cfg} tma={tma} gated={gate}: failed {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        tf, err = float("nan"), float("nan")
+                    cells.append((tf, err))
+                    key = "g" if gate else "u"
+                    if tf == tf and tf > best.get(key, (0,))[0]:
+                        best[key] = (tf, cfg, tma)
+                print(f"{cfg} tma={tma}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e})  ungated {cells[1][0]:.0f} "
+                      f"(err {cells[1][1]:.1e})", flush=True)
+        tun._BLOCKS["fwd"] = dict(default)
+        tun._blocks.cache_clear()
+        par._TMA = True
+        summary.append((name, B, T, sdpa, fla_g, best))
+        del q, k, v, g, qs, ks, vs
+        torch.cuda.empty_cache()
+    for dev_cache in getattr(par.parallel_attn_fwd_kernel, "device_caches", {}).values():
+        for kern in dev_cache[0].values():
+            try:
+                c = kern.metadata
+                consts = {k: v for k, v in kern.src.constants.items() if isinstance(v, (int, str))}
+                print(f"fwd: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} "
+                      f"stages={c.num_stages} {consts}")
+            except Exception as e:  # noqa: BLE001
+                print("info failed", e)
+    print("\n| shape | B | T | SDPA | fla g | best g (cfg, tma) | g/fla | g/SDPA | best no-g (cfg, tma) | no-g/SDPA |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, B, T, sdpa, fla_g, best in summary:
+        bg, bu = best.get("g", (float("nan"), None, None)), best.get("u", (float("nan"), None, None))
+        print(f"| {name} | {B} | {T} | {sdpa:.0f} | {fla_g:.0f} | {bg[0]:.0f} {bg[1]} {bg[2]} | {bg[0] / fla_g:.2f} "
+              f"| {bg[0] / sdpa:.2f} | {bu[0]:.0f} {bu[1]} {bu[2]} | {bu[0] / sdpa:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
