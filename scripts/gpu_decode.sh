@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One device call for the decode kernel: GPU tests, the partial-merge sweep (second kernel vs merge
 # fused into the split kernel, graph-replayed, beside SDPA), the cache-append grid sweep, then the
-# table vs fla / SDPA with the fastest merge variant. Run from the repo root on the device machine
+# table vs fla / SDPA with the fastest merge variant, each shape beside its same-bytes read ceiling
+# (gatedgen/bench/read_ceiling.py). Run from the repo root on the device machine
 # (see docs/notes-decode.md):
-#   bash scripts/gpu_decode.sh            logs and JSON go to $OUT (or ./out); at most ~4 minutes (TEST_TIMEOUT=100 s, BENCH_TIMEOUT=140 s caps)
+#   bash scripts/gpu_decode.sh            logs and JSON go to $OUT (or ./out); at most ~4.5 minutes (TEST_TIMEOUT=100 s, BENCH_TIMEOUT=170 s caps)
 # Env: SKIP_TESTS=1; FULL_TESTS=1 (every decode/append test, not only the GPU, fused and append
 # ones); SWEEP=1 (also the older launch-variant sweep, eager times); FULL=1 (final table at all five
-# shapes; default: three).
+# shapes; default: three); CEILING=1 (also the read ceiling's table, every reader, at all five shapes).
 set -uo pipefail
 source scripts/gpu_env.sh
 
@@ -20,7 +21,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "tests exit: ${PIPESTATUS[0]}"
 fi
 
-timeout "${BENCH_TIMEOUT:-140}" python3 - <<'PY' 2>&1 | tee "$OUT/bench.log"
+timeout "${BENCH_TIMEOUT:-170}" python3 - <<'PY' 2>&1 | tee "$OUT/bench.log"
 import json, os, time
 import torch
 from gatedgen.bench import kernels_decode as kd
@@ -37,6 +38,12 @@ torch.cuda.synchronize()
 del x
 res["ceilings"] = kd.ceilings()
 print("ceilings (TB/s):", res["ceilings"], flush=True)
+if os.environ.get("CEILING", "0") == "1":  # same-bytes read ceiling: K+V-sized reads, graph-replayed
+    t0 = time.time()
+    res["read_ceiling"] = [kd.read_ceiling(N, T) for N, T in [(1, 4096), (1, 32768), (1, 131072), (8, 8192), (32, 4096)]]
+    save()
+    ceiling_table = kd.format_ceiling(res["read_ceiling"])
+    print(ceiling_table, f"\n(read ceiling {time.time() - t0:.0f} s)", flush=True)
 if os.environ.get("SWEEP", "0") == "1":
     res["sweep"] = kd.sweep()
     print(kd.format_sweep(res["sweep"]), flush=True)
@@ -68,6 +75,9 @@ print("\ncache append (9:3 heads, D=64, bf16, logits; graph-replayed us):")
 print(append_table)
 print("\npartial merge (gated unless g=no; graph-replayed us, TB/s of K+V, [NS splits]):")
 print(merge_table)
+if "read_ceiling" in res:
+    print("\nsame-bytes read ceiling (graph-replayed us of K+V-sized reads; floor = empty kernel):")
+    print(ceiling_table)
 print("\nvariant:", best, variant)
 print(kd.format_table(rows))
 PY

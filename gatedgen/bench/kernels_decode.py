@@ -8,7 +8,13 @@ captured in a CUDA graph, which removes the launch overhead that dominates small
 ``merge_sweep`` times the two ways of merging the split partials (a second kernel, or fused into the
 split kernel through a last-program-done counter) side by side from graphs; ``append_sweep`` the
 cache append with a token-block grid against one program per (b, KV head).
-Run: ``python -m gatedgen.bench.kernels_decode [--quick] [--merge] [--append]``.
+Read ceiling (``read_ceiling``, code in gatedgen/bench/read_ceiling.py): per shape, the fastest
+graph-replayed time, under the very same timing as the graph column, in which plain readers (a Triton
+kernel summing K and V into per-program partials, launch variants swept; torch.sum) read the same K
+and V bytes with no attention at all -- what is physically possible at these bytes -- plus the floor,
+an empty kernel replayed the same way (graph launch + event timing). The table shows it beside our
+graph time ("ours graph / ceiling" = ceiling us / our graph us: 1.00 would be a pure read).
+Run: ``python -m gatedgen.bench.kernels_decode [--quick] [--merge] [--append] [--ceiling]``.
 """
 
 from __future__ import annotations
@@ -131,8 +137,22 @@ def best_variant(rows) -> str:
     return min(score, key=score.get)
 
 
-def run(quick: bool = False, variant: dict | None = None) -> list[dict]:
-    """One dict per (shape, gated): us and TB/s for ours (eager, CUDA graph), fla and SDPA."""
+def read_ceiling(N: int, T: int, variants: dict | None = None, kv=None) -> dict:
+    """Same-bytes read ceiling of one shape (see gatedgen.bench.read_ceiling.read_ceiling)."""
+    from gatedgen.bench import read_ceiling as rc
+
+    return rc.read_ceiling(N, T, variants, kv)
+
+
+def format_ceiling(rows: list[dict]) -> str:
+    from gatedgen.bench import read_ceiling as rc
+
+    return rc.format_ceiling(rows)
+
+
+def run(quick: bool = False, variant: dict | None = None, ceiling: bool = True) -> list[dict]:
+    """One dict per (shape, gated): us and TB/s for ours (eager, CUDA graph), fla and SDPA; with
+    ``ceiling``, the shape's read ceiling (ceil_us, ceil_tbps) and empty-launch floor (floor_us)."""
     from kernels.attn import decoding, naive
 
     kw = variant or {}
@@ -148,9 +168,11 @@ def run(quick: bool = False, variant: dict | None = None) -> list[dict]:
             return F.scaled_dot_product_attention(qs, ks, vs, enable_gqa=True)
 
         sdpa_us = _bench(sdpa) * 1e3
+        ceil = read_ceiling(N, T, kv=(k, v)) if ceiling else {}
+        ceil = {key: ceil[key] for key in ("ceil_us", "ceil_tbps", "floor_us") if key in ceil}
         for gated in (True, False):
             gcc = gc if gated else None
-            row = {"N": N, "T": T, "gated": gated}
+            row = {"N": N, "T": T, "gated": gated} | ceil
 
             def ours(gcc=gcc):
                 return decoding._decode_attn(q, k, v, gcc, lens, **kw)
@@ -295,15 +317,17 @@ def format_table(rows) -> str:
         return "—" if x is None else format(x, fmt)
 
     lines = [
-        "| N x T | g | ours us / TB/s | ours graph us / TB/s | fla us / TB/s | SDPA (no g) us / TB/s "
-        "| x fla | x SDPA | graph x SDPA | err |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| N x T | g | ours us / TB/s | ours graph us / TB/s | read ceiling graph us / TB/s "
+        "| ours graph / ceiling | fla us / TB/s | SDPA (no g) us / TB/s | x fla | x SDPA | graph x SDPA | err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        fla_us = r.get("fla_us")
+        fla_us, ceil_us = r.get("fla_us"), r.get("ceil_us")
         lines.append(
             f"| {r['N']} x {r['T']} | {'yes' if r['gated'] else 'no'} "
             f"| {r['us']:.1f} / {r['tbps']:.2f} | {r['graph_us']:.1f} / {r['graph_tbps']:.2f} "
+            f"| {f(ceil_us, '.1f')} / {f(r.get('ceil_tbps'), '.2f')} "
+            f"| {f(ceil_us / r['graph_us'] if ceil_us else None, '.2f')} "
             f"| {f(fla_us, '.0f')} / {f(r.get('fla_tbps'), '.2f')} "
             f"| {r['sdpa_us']:.1f} / {r['sdpa_tbps']:.2f} "
             f"| {f(fla_us / r['us'] if fla_us else None, '.0f')} | {r['sdpa_us'] / r['us']:.2f} "
@@ -327,7 +351,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="three shapes instead of five")
     parser.add_argument("--merge", action="store_true", help="only the merge sweep (graph-replayed)")
     parser.add_argument("--append", action="store_true", help="only the cache-append sweep")
+    parser.add_argument("--ceiling", action="store_true", help="only the same-bytes read ceiling per shape")
     args = parser.parse_args()
+    if args.ceiling:
+        print(format_ceiling([read_ceiling(N, T) for N, T in SHAPES]))
+        return
     if args.merge or args.append:
         if args.append:
             print(format_append(append_sweep()))
