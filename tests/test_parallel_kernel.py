@@ -207,6 +207,26 @@ def test_forward_tma_matches_pointer_loads(varlen, gated, seed, monkeypatch):
     assert torch.equal(first, want)
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+@pytest.mark.parametrize("mode", [1, 2])
+def test_forward_gate_row_layouts(varlen, mode, seed, monkeypatch):
+    """The per-head gate rows (by pointer, mode 1, or TMA, mode 2) give the output of the [B, T, HQ] loads
+    (mode 0), at a Tk that is not a multiple of 4 (padded rows) and with queries continuing a cache."""
+    B, T = (1, 70) if varlen else (2, 45)
+    q, k, v, g = _inputs(B, T, 4, 2, 64, torch.bfloat16)
+    cu = torch.tensor([0, 33, 70], dtype=torch.int32, device=DEVICE) if varlen else None
+    monkeypatch.setattr(parallel, "_GATE_T", 0)
+    base = parallel.parallel_attn(q, k, v, g, cu_seqlens=cu)
+    gc = torch.cumsum(g, dim=1)
+    base_cont = parallel.parallel_attn(q[:, -13:], k, v, gc=gc) if not varlen else None
+    monkeypatch.setattr(parallel, "_GATE_T", mode)
+    _check(f"mode {mode}", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), base, 1e-2, seed)
+    _check("o", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), _reference(q, k, v, g, cu_seqlens=cu)[0],
+           FWD_TOL[torch.bfloat16], seed)
+    if not varlen:
+        _check(f"mode {mode}, Tq < Tk", parallel.parallel_attn(q[:, -13:], k, v, gc=gc), base_cont, 1e-2, seed)
+
+
 def test_backward_continues_cache(seed):
     Tk, Tq = 57, 20
     q, k, v, g = _inputs(2, Tk, 4, 2, 32, torch.float32)

@@ -50,14 +50,16 @@ def _fwd_kv(k, v, desc_k, desc_v, row0, i_h, o_s, o_d, m_k, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d,
-               o_qpos, qk_scale, H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, BS: tl.constexpr,
-               BK: tl.constexpr, USE_G: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
-               MASKED: tl.constexpr):
+def _fwd_block(k, v, desc_k, desc_v, gc, gct, desc_g, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK,
+               gt_row, gt_col0, TKP, o_s, o_d, o_qpos, qk_scale, H: tl.constexpr, HQ: tl.constexpr,
+               K: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, USE_G: tl.constexpr, USE_TMA: tl.constexpr,
+               GATE_T: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
     """Fold one key block [i_s, i_s + BS) into the running max b_m, sum b_l and output accumulator b_o
     (online softmax in base 2: the old sum and accumulator are rescaled by exp2(m_old - m_new)).
     Unmasked blocks lie wholly before the tile and inside TK; MASKED ones need the causal and bounds
-    mask. b_gq = gq_i - g0 and b_g0 = g0 (base 2) when USE_G."""
+    mask. b_gq = gq_i - g0 and b_g0 = g0 (base 2) when USE_G. Unmasked blocks read the keys' gate sums
+    from the [B, T, HQ] running sums (GATE_T = 0), or from the per-head rows gct [B * HQ, TKP] (row
+    gt_row, column gt_col0 + key) by pointer (GATE_T = 1) or TMA (GATE_T = 2)."""
     o_k = i_s + o_s
     m_k = o_k < TK
     b_k, b_v = _fwd_kv(k, v, desc_k, desc_v, bos_k + i_s, i_h, o_s, o_d, m_k, H, K, BS, BK, USE_TMA, MASKED)
@@ -66,7 +68,12 @@ def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_
         m_s = (o_qpos[:, None] >= o_k[None, :]) & m_k[None, :]
     if USE_G:
         # [BS] gate sums of the keys relative to the tile's first query
-        b_gk = load_gate(gc, bos_k + i_s, i_hq, o_s, m_k, HQ, MASKED) - b_g0
+        if MASKED or GATE_T == 0:
+            b_gk = load_gate(gc, bos_k + i_s, i_hq, o_s, m_k, HQ, MASKED) - b_g0
+        elif GATE_T == 1:
+            b_gk = tl.load(gct + gt_row * TKP + gt_col0 + i_s + o_s) * LOG2E - b_g0
+        else:
+            b_gk = tl.reshape(desc_g.load([gt_row.to(tl.int32), (gt_col0 + i_s).to(tl.int32)]), [BS]) * LOG2E - b_g0
         if MASKED:
             b_s = tl.where(m_s, b_qk * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
         else:
@@ -84,7 +91,7 @@ def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_
     return b_mn, b_l, b_o
 
 
-@triton.jit(do_not_specialize=["TQ", "TK", "NT"])
+@triton.jit(do_not_specialize=["TQ", "TK", "NT", "TKP"])
 def parallel_attn_fwd_kernel(
     q,
     k,
@@ -96,10 +103,13 @@ def parallel_attn_fwd_kernel(
     chunk_indices,
     desc_k,
     desc_v,
+    gct,
+    desc_g,
     scale,
     TQ,
     TK,
     NT,
+    TKP,
     B: tl.constexpr,
     H: tl.constexpr,
     HQ: tl.constexpr,
@@ -110,6 +120,7 @@ def parallel_attn_fwd_kernel(
     BK: tl.constexpr,
     USE_G: tl.constexpr,
     USE_TMA: tl.constexpr,
+    GATE_T: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -136,6 +147,12 @@ def parallel_attn_fwd_kernel(
         b_g0 = tl.load(gc + (bos_k + offset + t0) * HQ + i_hq).to(tl.float32) * LOG2E
         b_gq = load_gate(gc, bos_k + offset + t0, i_hq, o_t, m_t, HQ, True) - b_g0
 
+    # this program's row of the per-head gate sums gct [B * HQ, TKP] and its sequence's first column
+    if IS_VARLEN:
+        gt_row, gt_col0 = i_hq, bos_k
+    else:
+        gt_row, gt_col0 = (bos_k // TK) * HQ + i_hq, bos_k * 0
+
     b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BT], dtype=tl.float32)
     b_o = tl.zeros([BT, BK], dtype=tl.float32)
@@ -146,15 +163,15 @@ def parallel_attn_fwd_kernel(
     # all -inf after the first diagonal block.
     i_diag, i_end = causal_key_range(offset, t0, TK, BT, BS)
     for i_s in range(0, i_diag, BS):
-        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
-                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
-                                   DOT_PREC, False)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, gct, desc_g, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h,
+                                   i_hq, bos_k, TK, gt_row, gt_col0, TKP, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS,
+                                   BK, USE_G, USE_TMA, GATE_T, DOT_PREC, False)
     # back to the per-row representation: m = m' + (gq_i - g0)
     b_m += b_gq
     for i_s in range(i_diag, i_end, BS):
-        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
-                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
-                                   DOT_PREC, True)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, gct, desc_g, b_q, b_gq, b_g0, b_m, b_l, b_o, i_s, i_h,
+                                   i_hq, bos_k, TK, gt_row, gt_col0, TKP, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS,
+                                   BK, USE_G, USE_TMA, GATE_T, DOT_PREC, True)
 
     b_o = b_o / b_l[:, None]
     # natural-log lse = (m2 + log2 l) * ln 2 (m2 is in the per-row representation: true base-2 scores)
