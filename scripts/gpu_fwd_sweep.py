@@ -26,8 +26,9 @@ CONFIGS = {
     128: [(128, 32, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
     64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
 }
-# (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T)
-LOADS = [(True, 0), (True, 1), (True, 2), (False, 0), (False, 1)]
+# (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T, gates
+# loaded one block ahead: _GATE_PREFETCH)
+LOADS = [(True, 0, True), (True, 1, True), (True, 2, True), (False, 1, True), (True, 1, False)]
 
 
 def _parse():
@@ -71,15 +72,15 @@ def main() -> None:
         print(f"== {name} B={B} T={T}: SDPA {sdpa:.0f}, fla gated {fla_g:.0f} TFLOP/s", flush=True)
         best = {}
         for cfg in configs[D]:
-            for tma, gate_t in LOADS:
+            for tma, gate_t, pre in LOADS:
                 if time.time() > deadline:
-                    print(f"{cfg} tma={tma} gate_t={gate_t}: skipped (budget)", flush=True)
+                    print(f"{cfg} tma={tma} gate_t={gate_t} prefetch={pre}: skipped (budget)", flush=True)
                     continue
                 tun._BLOCKS["fwd"][D] = cfg
                 tun._blocks.cache_clear()
-                par._TMA, par._GATE_T = tma, gate_t
+                par._TMA, par._GATE_T, par._GATE_PREFETCH = tma, gate_t, pre
                 cells = []
-                for gate in (True, False) if gate_t == 0 else (True,):
+                for gate in (True, False) if (gate_t, pre) == (0, True) else (True,):
                     fn = (lambda gate=gate: par.parallel_attn(q, k, v, g if gate else None))
                     try:
                         err = (fn().float() - ref[gate]).abs().max().item()
@@ -90,13 +91,13 @@ def main() -> None:
                     cells.append((tf, err))
                     key = "g" if gate else "u"
                     if tf == tf and tf > best.get(key, (0,))[0]:
-                        best[key] = (tf, cfg, (tma, gate_t))
+                        best[key] = (tf, cfg, (tma, gate_t, pre))
                 ungated = f"  ungated {cells[1][0]:.0f} (err {cells[1][1]:.1e})" if len(cells) > 1 else ""
-                print(f"{cfg} tma={tma} gate_t={gate_t}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
+                print(f"{cfg} tma={tma} gate_t={gate_t} prefetch={pre}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
                       flush=True)
         tun._BLOCKS["fwd"] = dict(default)
         tun._blocks.cache_clear()
-        par._TMA, par._GATE_T = True, 0
+        par._TMA, par._GATE_T, par._GATE_PREFETCH = True, 0, True
         summary.append((name, B, T, sdpa, fla_g, best))
         del q, k, v, g, qs, ks, vs
         torch.cuda.empty_cache()
@@ -109,7 +110,7 @@ def main() -> None:
                       f"stages={c.num_stages} {consts}")
             except Exception as e:  # noqa: BLE001
                 print("info failed", e)
-    print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t)) | g/fla | g/SDPA | best no-g (cfg, (tma, gate_t)) | no-g/SDPA |")
+    print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t, prefetch)) | g/fla | g/SDPA | best no-g (cfg, (tma, gate_t, prefetch)) | no-g/SDPA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, B, T, sdpa, fla_g, best in summary:
         bg, bu = best.get("g", (float("nan"), None, None)), best.get("u", (float("nan"), None, None))

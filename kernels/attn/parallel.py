@@ -157,6 +157,8 @@ def _kv_descriptors(k, v, BS: int, BK: int):
 # where the forward reads the keys' gate sums in its unmasked blocks: 0 = the [B, T, HQ] running sums
 # (stride HQ), 1 = a per-head copy [B * HQ, T] by pointer, 2 = the same copy through TMA
 _GATE_T = int(os.environ.get("GATEDGEN_FWD_GATE_T", "0"))
+# load the next unmasked block's gate sums while the current block computes (GATEDGEN_FWD_GATE_PREFETCH=0: no)
+_GATE_PREFETCH = os.environ.get("GATEDGEN_FWD_GATE_PREFETCH", "1") == "1"
 
 
 def _gate_rows(gc, BS: int, mode: int):
@@ -192,7 +194,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, None, scale, TQ, TK, 0, 0,
-                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
+                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, PREFETCH_G=_GATE_PREFETCH, **common)
         return o, lse
     cfg = _blocks("fwd", BK)
     desc_k, desc_v = _kv_descriptors(k, v, cfg["BS"], BK)
@@ -201,6 +203,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     # and a TMA box's first column must be 16-byte aligned)
     tma_gates = desc_k is not None and cu_seqlens is None
     gct, desc_g, TKP, common["GATE_T"] = _gate_rows(gc, cfg["BS"], _GATE_T if tma_gates else min(_GATE_T, 1))
+    common["PREFETCH_G"] = _GATE_PREFETCH
     if cu_seqlens is None:
         chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
         grid = (NT * B * HQ,)
