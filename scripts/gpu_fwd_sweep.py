@@ -26,9 +26,8 @@ CONFIGS = {
     128: [(128, 32, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
     64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
 }
-# (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T, gates
-# loaded one block ahead: _GATE_PREFETCH)
-LOADS = [(True, 0, True), (True, 1, True), (True, 2, True), (False, 1, True), (True, 1, False)]
+# (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T)
+LOADS = [(True, 1), (True, 0), (False, 1)]
 
 
 def _parse():
@@ -55,7 +54,7 @@ def main() -> None:
         from fla.ops.attn.parallel import parallel_attn as fla_attn
     except Exception:  # noqa: BLE001
         fla_attn = None
-    default = dict(tun._BLOCKS["fwd"])
+    default = dict(tun._BLOCKS["fwd"]), dict(tun._BLOCKS["fwd_ungated"])
     summary = []
     for name, B, T, HQ, H, D in shapes:
         torch.manual_seed(0)
@@ -72,15 +71,16 @@ def main() -> None:
         print(f"== {name} B={B} T={T}: SDPA {sdpa:.0f}, fla gated {fla_g:.0f} TFLOP/s", flush=True)
         best = {}
         for cfg in configs[D]:
-            for tma, gate_t, pre in LOADS:
+            for tma, gate_t in LOADS:
                 if time.time() > deadline:
-                    print(f"{cfg} tma={tma} gate_t={gate_t} prefetch={pre}: skipped (budget)", flush=True)
+                    print(f"{cfg} tma={tma} gate_t={gate_t}: skipped (budget)", flush=True)
                     continue
                 tun._BLOCKS["fwd"][D] = cfg
                 tun._blocks.cache_clear()
-                par._TMA, par._GATE_T, par._GATE_PREFETCH = tma, gate_t, pre
+                par._TMA, par._GATE_T = tma, gate_t
+                tun._BLOCKS["fwd_ungated"][D] = cfg
                 cells = []
-                for gate in (True, False) if (gate_t, pre) == (0, True) else (True,):
+                for gate in (True, False) if (tma, gate_t) == LOADS[0] else (True,):
                     fn = (lambda gate=gate: par.parallel_attn(q, k, v, g if gate else None))
                     try:
                         err = (fn().float() - ref[gate]).abs().max().item()
@@ -91,13 +91,13 @@ def main() -> None:
                     cells.append((tf, err))
                     key = "g" if gate else "u"
                     if tf == tf and tf > best.get(key, (0,))[0]:
-                        best[key] = (tf, cfg, (tma, gate_t, pre))
+                        best[key] = (tf, cfg, (tma, gate_t))
                 ungated = f"  ungated {cells[1][0]:.0f} (err {cells[1][1]:.1e})" if len(cells) > 1 else ""
-                print(f"{cfg} tma={tma} gate_t={gate_t} prefetch={pre}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
+                print(f"{cfg} tma={tma} gate_t={gate_t}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
                       flush=True)
-        tun._BLOCKS["fwd"] = dict(default)
+        tun._BLOCKS["fwd"], tun._BLOCKS["fwd_ungated"] = dict(default[0]), dict(default[1])
         tun._blocks.cache_clear()
-        par._TMA, par._GATE_T, par._GATE_PREFETCH = True, 0, True
+        par._TMA, par._GATE_T = True, 1
         summary.append((name, B, T, sdpa, fla_g, best))
         del q, k, v, g, qs, ks, vs
         torch.cuda.empty_cache()
@@ -110,7 +110,7 @@ def main() -> None:
                       f"stages={c.num_stages} {consts}")
             except Exception as e:  # noqa: BLE001
                 print("info failed", e)
-    print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t, prefetch)) | g/fla | g/SDPA | best no-g (cfg, (tma, gate_t, prefetch)) | no-g/SDPA |")
+    print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t)) | g/fla | g/SDPA | best no-g (cfg, (tma, gate_t)) | no-g/SDPA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, B, T, sdpa, fla_g, best in summary:
         bg, bu = best.get("g", (float("nan"), None, None)), best.get("u", (float("nan"), None, None))

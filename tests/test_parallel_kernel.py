@@ -208,10 +208,8 @@ def test_forward_tma_matches_pointer_loads(varlen, gated, seed, monkeypatch):
 
 
 @pytest.mark.parametrize("varlen", [False, True])
-@pytest.mark.parametrize("mode,prefetch", [(0, False), (1, True), (1, False), (2, True), (2, False)])
-def test_forward_gate_row_layouts(varlen, mode, prefetch, seed, monkeypatch):
-    """The per-head gate rows (by pointer, mode 1, or TMA, mode 2), each with and without loading the next
-    block's gates ahead, give the output of the [B, T, HQ] loads with prefetch (mode 0), at a Tk that is
+def test_forward_gate_row_layouts(varlen, seed, monkeypatch):
+    """The per-head gate rows (mode 1) give the output of the [B, T, HQ] loads (mode 0), at a Tk that is
     not a multiple of 4 (padded rows) and with queries continuing a cache."""
     B, T = (1, 70) if varlen else (2, 45)
     q, k, v, g = _inputs(B, T, 4, 2, 64, torch.bfloat16)
@@ -220,8 +218,8 @@ def test_forward_gate_row_layouts(varlen, mode, prefetch, seed, monkeypatch):
     base = parallel.parallel_attn(q, k, v, g, cu_seqlens=cu)
     gc = torch.cumsum(g, dim=1)
     base_cont = parallel.parallel_attn(q[:, -13:], k, v, gc=gc) if not varlen else None
+    mode = 1
     monkeypatch.setattr(parallel, "_GATE_T", mode)
-    monkeypatch.setattr(parallel, "_GATE_PREFETCH", prefetch)
     _check(f"mode {mode}", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), base, 1e-2, seed)
     _check("o", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), _reference(q, k, v, g, cu_seqlens=cu)[0],
            FWD_TOL[torch.bfloat16], seed)

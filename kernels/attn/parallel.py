@@ -154,29 +154,22 @@ def _kv_descriptors(k, v, BS: int, BK: int):
     return desc(k), desc(v)
 
 
-# where the forward reads the keys' gate sums in its unmasked blocks: 0 = the [B, T, HQ] running sums
-# (stride HQ), 1 = a per-head copy [B * HQ, T] by pointer, 2 = the same copy through TMA
-_GATE_T = int(os.environ.get("GATEDGEN_FWD_GATE_T", "0"))
-# load the next unmasked block's gate sums while the current block computes (GATEDGEN_FWD_GATE_PREFETCH=0: no)
-_GATE_PREFETCH = os.environ.get("GATEDGEN_FWD_GATE_PREFETCH", "1") == "1"
+# where the forward's unmasked blocks read the keys' gate sums: 1 = a per-head copy [B * HQ, Tk]
+# (contiguous), 0 = the [B, T, HQ] running sums (stride HQ). H100, 2026-11-24: 1 was 3-5% faster at D=128
+# (a TMA descriptor of the copy and loading a block ahead by hand were slower; docs/notes-prefill.md)
+_GATE_T = int(os.environ.get("GATEDGEN_FWD_GATE_T", "1"))
 
 
-def _gate_rows(gc, BS: int, mode: int):
-    """(gct, desc_g, TKP, mode): the running sums as one row per (batch, head), [B * HQ, TKP] fp32 with
-    TKP = Tk rounded up to 4 (16-byte rows for TMA), and its TMA descriptor of [1, BS] blocks (mode 2).
-    Mode 0 or no gates: (None, None, 0, 0)."""
+def _gate_rows(gc, mode: int):
+    """(gct, TKP, mode): the running sums as one row per (batch, head), [B * HQ, TKP] fp32, TKP = Tk
+    rounded up to 4 (16-byte rows). Mode 0 or no gates: (None, 0, 0)."""
     if gc is None or mode == 0:
-        return None, None, 0, 0
+        return None, 0, 0
     B, TK, HQ = gc.shape
     TKP = -(-TK // 4) * 4
     gct = gc.new_zeros(B * HQ, TKP)
     gct.view(B, HQ, TKP)[..., :TK] = gc.transpose(1, 2)
-    desc_g = None
-    if mode == 2:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        desc_g = TensorDescriptor(gct, [B * HQ, TKP], [TKP, 1], [1, BS])
-    return gct, desc_g, TKP, mode
+    return gct, TKP, mode
 
 
 def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
@@ -193,17 +186,13 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
-        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, None, scale, TQ, TK, 0, 0,
-                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, PREFETCH_G=_GATE_PREFETCH, **common)
+        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
+                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
-    cfg = _blocks("fwd", BK)
+    cfg = _blocks("fwd" if gc is not None else "fwd_ungated", BK)
     desc_k, desc_v = _kv_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
-    # TMA gate rows need K/V through TMA too, and a dense batch (a packed sequence starts at any column,
-    # and a TMA box's first column must be 16-byte aligned)
-    tma_gates = desc_k is not None and cu_seqlens is None
-    gct, desc_g, TKP, common["GATE_T"] = _gate_rows(gc, cfg["BS"], _GATE_T if tma_gates else min(_GATE_T, 1))
-    common["PREFETCH_G"] = _GATE_PREFETCH
+    gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
     if cu_seqlens is None:
         chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
         grid = (NT * B * HQ,)
@@ -213,7 +202,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         grid = (NT * HQ,)
     if NT > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, desc_g, scale, TQ, TK, NT, TKP,
+            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, scale, TQ, TK, NT, TKP,
             IS_VARLEN=cu_seqlens is not None, **common, **cfg
         )
     return o, lse

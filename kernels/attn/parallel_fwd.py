@@ -50,22 +50,15 @@ def _fwd_kv(k, v, desc_k, desc_v, row0, i_h, o_s, o_d, m_k, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _key_gates(gc, gct, desc_g, i_s, i_hq, bos_k, TK, gt_row, gt_col0, TKP, o_s, b_g0, HQ: tl.constexpr,
-               BS: tl.constexpr, GATE_T: tl.constexpr, MASK_ROWS: tl.constexpr):
-    """[BS] base-2 gate sums of keys i_s + o_s relative to the tile's first query (gk_j - g0), from the
-    [B, T, HQ] running sums (GATE_T = 0), or from the per-head rows gct [B * HQ, TKP] (row gt_row,
-    column gt_col0 + key) by pointer (GATE_T = 1) or TMA (GATE_T = 2, zeros past the row). MASK_ROWS
-    reads 0 for keys at or past TK."""
+def _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ: tl.constexpr,
+               GATE_T: tl.constexpr):
+    """[BS] base-2 gate sums of the keys i_s + o_s (all inside TK) relative to the tile's first query
+    (gk_j - g0), from the [B, T, HQ] running sums (GATE_T = 0: stride HQ) or from the per-head rows
+    gct [B * HQ, TKP] (GATE_T = 1: row gt_row, column gt_col0 + key, contiguous)."""
     if GATE_T == 0:
-        b_g = load_gate(gc, bos_k + i_s, i_hq, o_s, (i_s + o_s) < TK, HQ, MASK_ROWS)
-    elif GATE_T == 1:
-        p_g = gct + gt_row * TKP + gt_col0 + i_s + o_s
-        if MASK_ROWS:
-            b_g = tl.load(p_g, mask=(i_s + o_s) < TK, other=0.0) * LOG2E
-        else:
-            b_g = tl.load(p_g) * LOG2E
+        b_g = load_gate(gc, bos_k + i_s, i_hq, o_s, o_s, HQ, False)
     else:
-        b_g = tl.reshape(desc_g.load([gt_row.to(tl.int32), (gt_col0 + i_s).to(tl.int32)]), [BS]) * LOG2E
+        b_g = tl.load(gct + gt_row * TKP + gt_col0 + i_s + o_s) * LOG2E
     return b_g - b_g0
 
 
@@ -77,8 +70,8 @@ def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i
     """Fold one key block [i_s, i_s + BS) into the running max b_m, sum b_l and output accumulator b_o
     (online softmax in base 2: the old sum and accumulator are rescaled by exp2(m_old - m_new)).
     Unmasked blocks lie wholly before the tile and inside TK, and get their keys' gate sums b_gk from
-    the caller (loaded one block ahead); MASKED ones need the causal and bounds mask and read their
-    gates here. b_gq = gq_i - g0, b_gk = gk_j - g0 and b_g0 = g0 (base 2) when USE_G."""
+    the caller; MASKED ones need the causal and bounds mask and read their gates from gc here.
+    b_gq = gq_i - g0, b_gk = gk_j - g0 and b_g0 = g0 (base 2) when USE_G."""
     o_k = i_s + o_s
     m_k = o_k < TK
     b_k, b_v = _fwd_kv(k, v, desc_k, desc_v, bos_k + i_s, i_h, o_s, o_d, m_k, H, K, BS, BK, USE_TMA, MASKED)
@@ -117,7 +110,6 @@ def parallel_attn_fwd_kernel(
     desc_k,
     desc_v,
     gct,
-    desc_g,
     scale,
     TQ,
     TK,
@@ -134,7 +126,6 @@ def parallel_attn_fwd_kernel(
     USE_G: tl.constexpr,
     USE_TMA: tl.constexpr,
     GATE_T: tl.constexpr,
-    PREFETCH_G: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -176,23 +167,15 @@ def parallel_attn_fwd_kernel(
     # beyond TK; per-row gated scores). Every row keeps key i_diag <= its own position, so no row is
     # all -inf after the first diagonal block.
     i_diag, i_end = causal_key_range(offset, t0, TK, BT, BS)
-    # the keys' gate sums are loaded one block ahead (their latency then hides behind a block's MMAs)
+    # (loading the next block's gate sums one iteration ahead by hand was slower everywhere: H100,
+    # 2026-11-24, docs/notes-prefill.md; Triton's pipeliner already overlaps these loads)
     b_gk = tl.zeros([BS], dtype=tl.float32)
-    if USE_G:
-        b_gk = _key_gates(gc, gct, desc_g, 0, i_hq, bos_k, TK, gt_row, gt_col0, TKP, o_s, b_g0, HQ, BS, GATE_T,
-                          True)
     for i_s in range(0, i_diag, BS):
-        b_gk_next = b_gk
-        if USE_G and PREFETCH_G:
-            b_gk_next = _key_gates(gc, gct, desc_g, i_s + BS, i_hq, bos_k, TK, gt_row, gt_col0, TKP, o_s, b_g0, HQ,
-                                   BS, GATE_T, True)
-        elif USE_G:
-            b_gk = _key_gates(gc, gct, desc_g, i_s, i_hq, bos_k, TK, gt_row, gt_col0, TKP, o_s, b_g0, HQ, BS, GATE_T,
-                              False)
+        if USE_G:
+            b_gk = _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ, GATE_T)
         b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
                                    bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
                                    DOT_PREC, False)
-        b_gk = b_gk_next
     # back to the per-row representation: m = m' + (gq_i - g0)
     b_m += b_gq
     for i_s in range(i_diag, i_end, BS):

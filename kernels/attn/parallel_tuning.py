@@ -28,7 +28,7 @@ _CANDIDATES = {
     "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 3)],
 }
 # The one block per kernel under the CPU interpreter (small and fast).
-_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "fwd_ungated": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
 
 
 def _configs(kind: str) -> list[triton.Config]:
@@ -66,8 +66,11 @@ _dq_tuned = triton.autotune(
 # packed batches the tile list depends on the tile size).
 _AUTOTUNE = os.environ.get("GATEDGEN_AUTOTUNE") == "1" and not _INTERPRET
 _BLOCKS = {
-    # kind: {BK: (BT, BS, num_warps, num_stages)}
+    # kind: {BK: (BT, BS, num_warps, num_stages)}; "fwd" is the gated forward. Since the TMA K/V loads
+    # (2026-11-24 sweep, scripts/gpu_fwd_sweep.py) the ungated forward at D=128 is fastest with 128-key
+    # blocks and 8 warps (465-561 vs 407-447 TFLOP/s at T=4k-16k), the gated one with (128, 32, 4, 4).
     "fwd": {64: (128, 64, 4, 3), 128: (128, 32, 4, 4), 256: (64, 32, 4, 3)},
+    "fwd_ungated": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 4, 3)},
     "dkdv": {64: (32, 64, 4, 3), 128: (16, 64, 4, 3), 256: (16, 32, 8, 2)},
     "dq": {64: (64, 32, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2)},
 }
