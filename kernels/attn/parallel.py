@@ -189,7 +189,9 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
-    cfg = _blocks("fwd" if gc is not None else "fwd_ungated", BK)
+    # ungated 16-bit inputs have their own (larger) blocks; fp32 tiles of that size would not fit in
+    # shared memory (D=128: 3 stages of 128x128 fp32 K and V = 384 KB), so fp32 keeps the gated ones
+    cfg = _blocks("fwd_ungated" if gc is None and q.element_size() == 2 else "fwd", BK)
     desc_k, desc_v = _kv_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
     gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
