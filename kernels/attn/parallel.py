@@ -15,7 +15,8 @@ Kernels (one file, one strategy; fla-style names: ``b_`` blocks, ``p_`` pointers
   so every exponential is one ``exp2``; the running max m_i and sum l_i rescale the accumulator by
   exp2(m_old - m_new). The causal key loop is split into the key blocks that lie wholly before the
   tile's first query (no mask at all) and the blocks that overlap the diagonal (causal mask).
-  Stores o and lse (natural log) per row.
+  Stores o and lse (natural log) per row. ``parallel_fwd``'s docstring has the details: scores
+  without the row constant before the diagonal, TMA loads of K/V, per-head gate rows.
 * ``parallel_attn_bwd_kernel_preprocess``: delta_i = sum_d o_id * do_id (fp32).
 * ``parallel_attn_bwd_kernel_dkdv``: one program per (key tile, key/value head); it loops over the
   query heads of its GQA group (so dk/dv are accumulated in registers for the whole group and no
@@ -167,7 +168,8 @@ def _gate_rows(gc, mode: int):
         return None, 0, 0
     B, TK, HQ = gc.shape
     TKP = -(-TK // 4) * 4
-    gct = gc.new_zeros(B * HQ, TKP)
+    # the padding columns are never read (keys < Tk only; the tests NaN-fill torch.empty)
+    gct = torch.empty(B * HQ, TKP, dtype=gc.dtype, device=gc.device)
     gct.view(B, HQ, TKP)[..., :TK] = gc.transpose(1, 2)
     return gct, TKP, mode
 

@@ -15,7 +15,9 @@ the running gate sums of query i / key j in base 2) keep the inner loop as cheap
 
 Ungated rows take the row max of the raw products and scale it (c > 0), so that the probabilities are
 one FMA and one exp2 per score. K/V come through TMA tensor descriptors when the head dim is a power of
-two and the dtype 16-bit (``USE_TMA``), else through masked pointer loads.
+two and the dtype 16-bit (``USE_TMA``), else through masked pointer loads. The unmasked blocks read the
+keys' gate sums from a per-head copy [B * HQ, Tk] (``GATE_T = 1``, contiguous) or from the [B, T, HQ]
+running sums (``GATE_T = 0``, stride HQ).
 """
 
 from __future__ import annotations
