@@ -218,13 +218,12 @@ def test_forward_gate_row_layouts(varlen, seed, monkeypatch):
     base = parallel.parallel_attn(q, k, v, g, cu_seqlens=cu)
     gc = torch.cumsum(g, dim=1)
     base_cont = parallel.parallel_attn(q[:, -13:], k, v, gc=gc) if not varlen else None
-    mode = 1
-    monkeypatch.setattr(parallel, "_GATE_T", mode)
-    _check(f"mode {mode}", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), base, 1e-2, seed)
+    monkeypatch.setattr(parallel, "_GATE_T", 1)
+    _check("mode 1", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), base, 1e-2, seed)
     _check("o", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), _reference(q, k, v, g, cu_seqlens=cu)[0],
            FWD_TOL[torch.bfloat16], seed)
     if not varlen:
-        _check(f"mode {mode}, Tq < Tk", parallel.parallel_attn(q[:, -13:], k, v, gc=gc), base_cont, 1e-2, seed)
+        _check("mode 1, Tq < Tk", parallel.parallel_attn(q[:, -13:], k, v, gc=gc), base_cont, 1e-2, seed)
 
 
 def test_backward_continues_cache(seed):

@@ -58,7 +58,7 @@ def _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ: t
     (gk_j - g0), from the [B, T, HQ] running sums (GATE_T = 0: stride HQ) or from the per-head rows
     gct [B * HQ, TKP] (GATE_T = 1: row gt_row, column gt_col0 + key, contiguous)."""
     if GATE_T == 0:
-        b_g = load_gate(gc, bos_k + i_s, i_hq, o_s, o_s, HQ, False)
+        b_g = load_gate(gc, bos_k + i_s, i_hq, o_s, None, HQ, False)  # no row mask: keys inside TK
     else:
         b_g = tl.load(gct + gt_row * TKP + gt_col0 + i_s + o_s) * LOG2E
     return b_g - b_g0
