@@ -342,16 +342,22 @@ def test_cuda_graph_replay(M, N, K):
     """Captured (split-K shapes: counters must be back at 0 after every launch), replayed on new inputs."""
     x, w, b = _inputs(M, N, K, torch.bfloat16, True)
     assert skinny.config(M, N, K, 2, skinny.num_sms(x.device)).SPLIT_K > 1
-    out = [skinny.linear(x, w, b)]  # compile outside the capture
+    _check_graph_replay(x, lambda: skinny.linear(x, w, b), lambda: _reference(x, w, b))
+
+
+def _check_graph_replay(x, call, reference):
+    """call() captured three times in one CUDA graph (compiled outside the capture), replayed five times
+    on new x: every captured output equals reference() and the split-K counters are back at 0."""
+    out = [call()]
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(3):
-            out = [skinny.linear(x, w, b)] + out[:2]
+            out = [call()] + out[:2]
     for _ in range(5):
         x.copy_(torch.randn_like(x))
         graph.replay()
-        ref = _reference(x, w, b)
+        ref = reference()
         for y in out:
             assert rel_err(y, ref) < TOL[torch.bfloat16]
     assert int(skinny._locks(x.device).abs().sum()) == 0
@@ -401,16 +407,4 @@ def test_swiglu_dispatch_cuda(monkeypatch):
 def test_swiglu_cuda_graph_replay(M):
     """The 135M gate/up (split-K above M = 1) captured three times and replayed on new inputs."""
     x, w, _ = _inputs(M, 2 * 1536, 576, torch.bfloat16, False)
-    out = [skinny.linear_swiglu(x, w, 1536)]
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(3):
-            out = [skinny.linear_swiglu(x, w, 1536)] + out[:2]
-    for _ in range(5):
-        x.copy_(torch.randn_like(x))
-        graph.replay()
-        ref = _swiglu_reference(x, w, None)
-        for y in out:
-            assert rel_err(y, ref) < TOL[torch.bfloat16]
-    assert int(skinny._locks(x.device).abs().sum()) == 0
+    _check_graph_replay(x, lambda: skinny.linear_swiglu(x, w, 1536), lambda: _swiglu_reference(x, w, None))
