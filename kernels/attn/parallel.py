@@ -17,7 +17,9 @@ Kernels (one file, one strategy; fla-style names: ``b_`` blocks, ``p_`` pointers
   tile's first query (no mask at all) and the blocks that overlap the diagonal (causal mask).
   Stores o and lse (natural log) per row. ``parallel_fwd``'s docstring has the details: scores
   without the row constant before the diagonal, TMA loads of K/V, per-head gate rows.
-* ``parallel_attn_bwd_kernel_preprocess``: delta_i = sum_d o_id * do_id (fp32).
+* ``parallel_attn_bwd_kernel_preprocess``: delta_i = sum_d o_id * do_id (fp32) and lse in base 2, as
+  per-head rows [B * HQ, T] (contiguous along time, like the base-2 gate sums the host copies), so that
+  the inner loops of the two kernels below read them as contiguous vectors.
 * ``parallel_attn_bwd_kernel_dkdv``: one program per (key tile, key/value head); it loops over the
   query heads of its GQA group (so dk/dv are accumulated in registers for the whole group and no
   HQ-sized fp32 buffers exist) and, per head, over the query blocks at or after the tile
@@ -29,8 +31,8 @@ Kernels (one file, one strategy; fla-style names: ``b_`` blocks, ``p_`` pointers
   it adds its row sums to the dkdv kernel's column sums (read from one buffer, written to another:
   every position is owned by one program, so the result is deterministic and re-runnable).
 * The gate gradient is then the reverse running sum per sequence: dg_l = sum_{t >= l} dgc_t.
-* ``parallel_common`` holds what the three kernels share: the tile a program owns, pointers, the
-  q/do/lse/delta and k/v loads, and the base-2 scores of a query tile against one key block.
+* ``parallel_common`` holds what the kernels share: the tile a program owns, pointers, the paired
+  k/v and q/do tile loads (pointers or TMA descriptors) and the per-head rows.
 
 Grids put every program on axis 0 (no 65535 limit on axes 1/2); scalar base offsets are int64 so
 that T * H * D beyond 2^31 cannot overflow.
@@ -52,6 +54,8 @@ from kernels.attn.parallel_bwd import (
 from kernels.attn.parallel_fwd import parallel_attn_fwd_kernel
 from kernels.attn.parallel_tuning import _AUTOTUNE, _blocks, _dkdv_tuned, _dq_tuned, _fwd_tuned
 from kernels.utils import fix_triton_interpreter_index, next_power_of_2
+
+LOG2E = 1.4426950408889634
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if _INTERPRET:
@@ -130,29 +134,30 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# TMA descriptors for the forward's K/V loads (GATEDGEN_NO_TMA=1: pointer loads everywhere)
+# TMA descriptors for the loop-loaded tiles: K/V in the forward and dq, Q/dO in dk/dv (GATEDGEN_NO_TMA=1:
+# pointer loads everywhere)
 _TMA = os.environ.get("GATEDGEN_NO_TMA") != "1"
 
 
-def _kv_descriptors(k, v, BS: int, BK: int):
-    """TMA tensor descriptors of k and v viewed as [B * Tk, H * D] with [BS, BK] blocks, or (None,
-    None) where TMA does not apply: head dims that are not a power of two (a padded block would read
-    the next head), dtypes other than bf16/fp16, bases not 16-byte aligned, 2^31 rows or more (TMA
-    coordinates are int32), GPUs before Hopper."""
-    B, TK, H, K = k.shape
+def _tile_descriptors(x, y, rows: int, BK: int):
+    """TMA tensor descriptors of x and y [B, T, NH, D] viewed as [B * T, NH * D] with [rows, BK] blocks,
+    or (None, None) where TMA does not apply: head dims that are not a power of two (a padded block
+    would read the next head), dtypes other than bf16/fp16, bases not 16-byte aligned, 2^31 rows or
+    more (TMA coordinates are int32), GPUs before Hopper."""
+    B, T, NH, K = x.shape
     usable = (
-        _TMA and K == BK and k.dtype in (torch.bfloat16, torch.float16) and 0 < B * TK < 2**31
-        and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0
-        and (_INTERPRET or (k.is_cuda and torch.cuda.get_device_capability(k.device)[0] >= 9))
+        _TMA and K == BK and x.dtype in (torch.bfloat16, torch.float16) and 0 < B * T < 2**31
+        and x.data_ptr() % 16 == 0 and y.data_ptr() % 16 == 0
+        and (_INTERPRET or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9))
     )
     if not usable:
         return None, None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    def desc(x):
-        return TensorDescriptor(x, [B * TK, H * K], [H * K, 1], [BS, BK])
+    def desc(t):
+        return TensorDescriptor(t, [B * T, NH * K], [NH * K, 1], [rows, BK])
 
-    return desc(k), desc(v)
+    return desc(x), desc(y)
 
 
 # where the forward's unmasked blocks read the keys' gate sums: 1 = a per-head copy [B * HQ, Tk]
@@ -161,16 +166,21 @@ def _kv_descriptors(k, v, BS: int, BK: int):
 _GATE_T = int(os.environ.get("GATEDGEN_FWD_GATE_T", "1"))
 
 
-def _gate_rows(gc, mode: int):
-    """(gct, TKP, mode): the running sums as one row per (batch, head), [B * HQ, TKP] fp32, TKP = Tk
-    rounded up to 4 (16-byte rows). Mode 0 or no gates: (None, 0, 0)."""
+def _pad16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def _gate_rows(gc, mode: int = 1):
+    """(gct, TKP, mode): the running sums in base 2 (times log2 e) as one row per (batch, head),
+    [B * HQ, TKP] fp32, TKP = Tk rounded up to 16 (64-byte rows, so that Triton knows the rows'
+    alignment). Mode 0 or no gates: (None, 0, 0)."""
     if gc is None or mode == 0:
         return None, 0, 0
     B, TK, HQ = gc.shape
-    TKP = -(-TK // 4) * 4
+    TKP = _pad16(TK)
     # the padding columns are never read (keys < Tk only; the tests NaN-fill torch.empty)
-    gct = torch.empty(B * HQ, TKP, dtype=gc.dtype, device=gc.device)
-    gct.view(B, HQ, TKP)[..., :TK] = gc.transpose(1, 2)
+    gct = torch.empty(B * HQ, TKP, dtype=torch.float32, device=gc.device)
+    torch.mul(gc.transpose(1, 2), LOG2E, out=gct.view(B, HQ, TKP)[..., :TK])
     return gct, TKP, mode
 
 
@@ -194,7 +204,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     # ungated 16-bit inputs have their own (larger) blocks; fp32 tiles of that size would not fit in
     # shared memory (D=128: 3 stages of 128x128 fp32 K and V = 384 KB), so fp32 keeps the gated ones
     cfg = _blocks("fwd_ungated" if gc is None and q.element_size() == 2 else "fwd", BK)
-    desc_k, desc_v = _kv_descriptors(k, v, cfg["BS"], BK)
+    desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
     gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
     if cu_seqlens is None:
@@ -220,11 +230,16 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
     BK = max(next_power_of_2(K), 16)
     common = dict(B=B, H=H, HQ=HQ, G=G, K=K, BK=BK, USE_G=gc is not None, DOT_PREC=_dot_prec(q.dtype))
 
-    N = B * TQ * HQ
-    delta = torch.empty(B, TQ, HQ, dtype=torch.float32, device=q.device)
-    BR = 16
-    if N > 0:
-        parallel_attn_bwd_kernel_preprocess[(triton.cdiv(N, BR),)](o, do, delta, N, K=K, BR=BR, BK=BK)
+    # per-head rows [B * HQ, TQP] of delta_i = o_i . do_i and the base-2 lse, and [B * HQ, TKP] of the
+    # base-2 gate sums: what the inner loops read per block, contiguous along time
+    TQP = _pad16(TQ)
+    deltat = torch.empty(B * HQ, TQP, dtype=torch.float32, device=q.device)
+    lset = torch.empty(B * HQ, TQP, dtype=torch.float32, device=q.device)
+    BR = 16 if _INTERPRET else 64
+    if TQ > 0:
+        parallel_attn_bwd_kernel_preprocess[(triton.cdiv(TQ, BR) * B * HQ,)](
+            o, do, lse, deltat, lset, TQ, TQP, B * HQ, HQ=HQ, K=K, BR=BR, BK=BK)
+    gct, TKP, _ = _gate_rows(gc, 1)
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -236,6 +251,7 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
         dgc = torch.empty_like(dgc_k) if TQ == TK else None
     if TQ == 0:
         return dq, dk.zero_(), dv.zero_(), (dgc_k.zero_() if dgc_k is not None else None)
+    rows = (lset, deltat, gct)
     if cu_seqlens is None and _AUTOTUNE:
         def grid_kv(meta):
             return (triton.cdiv(TK, meta["BS"]) * B * H,)
@@ -243,12 +259,12 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
         def grid_q(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
-        _dkdv_tuned[grid_kv](q, k, v, gc, lse, delta, do, dk, dv, dgc_k, None, None, scale, TQ, TK,
-                             IS_VARLEN=False, **common)
+        _dkdv_tuned[grid_kv](q, k, v, *rows, do, dk, dv, dgc_k, None, None, None, None, scale, TQ, TK, TQP, TKP,
+                             IS_VARLEN=False, USE_TMA=False, **common)
         if dgc_k is not None and dgc is None:
             dgc = dgc_k.clone()  # the dq kernel writes over the query positions
-        _dq_tuned[grid_q](q, k, v, gc, lse, delta, do, dq, dgc_k, dgc, None, None, scale, TQ, TK, 0,
-                          IS_VARLEN=False, **common)
+        _dq_tuned[grid_q](q, k, v, *rows, do, dq, dgc_k, dgc, None, None, None, None, scale, TQ, TK, 0, TQP, TKP,
+                          IS_VARLEN=False, USE_TMA=False, **common)
         return dq, dk, dv, dgc
     cfg_kv, cfg_q = _blocks("dkdv", BK), _blocks("dq", BK)
     if cu_seqlens is None:
@@ -262,15 +278,17 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
         grid_kv, grid_q = (NS * H,), (NT * HQ,)
     varlen = cu_seqlens is not None
     if NS > 0:
+        desc_q, desc_do = _tile_descriptors(q, do, cfg_kv["BT"], BK)
         parallel_attn_bwd_kernel_dkdv[grid_kv](
-            q, k, v, gc, lse, delta, do, dk, dv, dgc_k, cu_seqlens, chunks_kv, scale, TQ, TK,
-            IS_VARLEN=varlen, **common, **cfg_kv)
+            q, k, v, *rows, do, dk, dv, dgc_k, cu_seqlens, chunks_kv, desc_q, desc_do, scale, TQ, TK, TQP, TKP,
+            IS_VARLEN=varlen, USE_TMA=desc_q is not None, **common, **cfg_kv)
     if dgc_k is not None and dgc is None:
         dgc = dgc_k.clone()  # the dq kernel writes over the query positions
     if NT > 0:
+        desc_k, desc_v = _tile_descriptors(k, v, cfg_q["BS"], BK)
         parallel_attn_bwd_kernel_dq[grid_q](
-            q, k, v, gc, lse, delta, do, dq, dgc_k, dgc, cu_seqlens, chunks_q, scale, TQ, TK, NT,
-            IS_VARLEN=varlen, **common, **cfg_q)
+            q, k, v, *rows, do, dq, dgc_k, dgc, cu_seqlens, chunks_q, desc_k, desc_v, scale, TQ, TK, NT, TQP, TKP,
+            IS_VARLEN=varlen, USE_TMA=desc_k is not None, **common, **cfg_q)
     return dq, dk, dv, dgc
 
 

@@ -1,9 +1,7 @@
 """Triton helpers shared by the parallel attention kernels (forward in ``parallel_fwd``, dk/dv and dq in
 ``parallel_bwd``): which tile a program owns, pointers into the [B, T, H, D] tensors and the [B, T, H]
-per-row tensors, the loads every kernel repeats, and the base-2 scores of a query tile against one key
-block. Triton inlines them; they keep the order of operations the kernels had inline (sm_90 SASS
-compared before/after the move: identical except the packed gated forward, whose masked key block
-builds its load mask before its pointers, as the dq kernel always did).
+per-row tensors, the paired tile loads (k and v, q and do; pointers or TMA) and the per-head rows
+[B * HQ, T] of the backward. Triton inlines them.
 
 Names as in the kernels: ``i_`` indices, ``o_`` offsets, ``m_`` masks, ``p_`` pointers, ``b_`` blocks;
 ``row0`` is a tile's first row in the flattened (batch x time) row space (int64).
@@ -14,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.utils import LOG2E, dot, tile_rows
+from kernels.utils import LOG2E, tile_rows
 
 
 @triton.jit
@@ -64,27 +62,52 @@ def load_gate(gc, row0, i_hq, o_r, m_r, HQ: tl.constexpr, MASK_ROWS: tl.constexp
 
 
 @triton.jit
-def load_kv(k, v, row0, i_h, o_s, o_d, m_sd, H: tl.constexpr, K: tl.constexpr):
-    """k and v [BS, BK] of rows row0 + o_s of key/value head i_h; elements outside the mask m_sd read 0."""
-    p_k = tile_ptrs(k, row0, i_h, o_s, o_d, H, K)
-    p_v = tile_ptrs(v, row0, i_h, o_s, o_d, H, K)
-    b_k = tl.load(p_k, mask=m_sd, other=0.0)
-    b_v = tl.load(p_v, mask=m_sd, other=0.0)
-    return b_k, b_v
+def load_tile_pair(x, y, desc_x, desc_y, row0, i_head, o_r, o_d, m_r, NH: tl.constexpr, K: tl.constexpr,
+                   USE_TMA: tl.constexpr, MASKED: tl.constexpr, ZERO_X: tl.constexpr):
+    """x and y [R, BK] at rows row0 + o_r of head i_head of two [rows, NH, K] tensors (k and v, or q and
+    do). Pointer loads read 0 outside the head dim and, in MASKED blocks, outside the rows m_r. TMA
+    loads (descriptors over [rows, NH * K], [R, BK] blocks) read whatever rows follow (the next
+    sequence, or zeros past the tensor): MASKED blocks zero y there, and x too when ZERO_X (callers
+    whose scores of those rows are masked need not zero x)."""
+    if USE_TMA:
+        # TMA coordinates are int32 (the host keeps the row count below 2^31 for this path)
+        b_x = desc_x.load([row0.to(tl.int32), (i_head * K).to(tl.int32)])
+        b_y = desc_y.load([row0.to(tl.int32), (i_head * K).to(tl.int32)])
+        if MASKED:
+            b_y = tl.where(m_r[:, None], b_y, 0.0)
+            if ZERO_X:
+                b_x = tl.where(m_r[:, None], b_x, 0.0)
+    else:
+        if MASKED:
+            m_rd = m_r[:, None] & (o_d < K)[None, :]
+        else:
+            m_rd = (o_d < K)[None, :]
+        b_x = tl.load(tile_ptrs(x, row0, i_head, o_r, o_d, NH, K), mask=m_rd, other=0.0)
+        b_y = tl.load(tile_ptrs(y, row0, i_head, o_r, o_d, NH, K), mask=m_rd, other=0.0)
+    return b_x, b_y
 
 
 @triton.jit
-def load_query_rows(q, do, lse, delta, row0, i_hq, o_t, o_d, m_t, m_td, HQ: tl.constexpr, K: tl.constexpr):
-    """What the backward needs of query rows row0 + o_t of head i_hq: q and do [BT, BK] (mask m_td), lse
-    in base 2 and delta [BT]. Rows outside m_t get lse = +inf so that their probabilities are exactly 0."""
-    p_q = tile_ptrs(q, row0, i_hq, o_t, o_d, HQ, K)
-    p_do = tile_ptrs(do, row0, i_hq, o_t, o_d, HQ, K)
-    b_q = tl.load(p_q, mask=m_td, other=0.0)
-    b_do = tl.load(p_do, mask=m_td, other=0.0)
-    p_r = row0 * HQ + i_hq + o_t * HQ
-    b_lse = tl.load(lse + p_r, mask=m_t, other=float("inf")) * LOG2E
-    b_delta = tl.load(delta + p_r, mask=m_t, other=0.0)
-    return b_q, b_do, b_lse, b_delta
+def head_row(x, row, TP, col0, o_r, m_r, other, MASKED: tl.constexpr):
+    """[R] fp32 values at columns col0 + o_r of row ``row`` of a per-head row tensor x [rows, TP] (the
+    backward's base-2 lse, delta and gate sums: contiguous along time); outside m_r ``other`` when
+    MASKED."""
+    p_x = x + row * TP + col0 + o_r
+    if MASKED:
+        return tl.load(p_x, mask=m_r, other=other)
+    else:
+        return tl.load(p_x)
+
+
+@triton.jit
+def head_row_origin(bos_q, bos_k, TK, i_hq, HQ: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Where a program's sequence and query head sit in the per-head row tensors [B * HQ, TP]: the row,
+    and the columns of its first query and first key. Dense batches have one row per (batch, head)
+    and columns from 0; packed sequences (B = 1) share row i_hq at their flattened positions."""
+    if IS_VARLEN:
+        return i_hq, bos_q, bos_k
+    else:
+        return (bos_k // TK) * HQ + i_hq, bos_q * 0, bos_k * 0
 
 
 @triton.jit
@@ -94,27 +117,3 @@ def causal_key_range(offset, t0, TK, BT: tl.constexpr, BS: tl.constexpr):
     i_diag = ((offset + t0) // BS) * BS
     i_end = tl.minimum(offset + t0 + BT, TK)
     return i_diag, i_end
-
-
-@triton.jit
-def key_block_scores(k, v, gc, b_q, b_gq, i_s, i_h, i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale, H: tl.constexpr,
-                     HQ: tl.constexpr, K: tl.constexpr, USE_G: tl.constexpr, DOT_PREC: tl.constexpr,
-                     MASKED: tl.constexpr, MASK_ROWS: tl.constexpr):
-    """Base-2 scores s2 [BT, BS] of the query tile (b_q, its base-2 gate sums b_gq, absolute positions
-    o_qpos) against the key block [i_s, i_s + BS) (o_s = arange(BS), o_d = arange(BK)), and the
-    block's k and v: s2_ij = (scale log2 e) q_i.k_j + (gc_i - gc_j) log2 e, -inf where key j > query i
-    when MASKED. MASK_ROWS bounds-checks the block's rows against TK (always needed when MASKED)."""
-    o_k = i_s + o_s
-    m_k = o_k < TK
-    if MASK_ROWS:
-        m_kd = m_k[:, None] & (o_d < K)[None, :]
-    else:
-        m_kd = (o_d < K)[None, :]
-    b_k, b_v = load_kv(k, v, bos_k + i_s, i_h, o_s, o_d, m_kd, H, K)
-    b_s = dot(b_q, tl.trans(b_k), DOT_PREC) * qk_scale
-    if USE_G:
-        b_gk = load_gate(gc, bos_k + i_s, i_hq, o_s, m_k, HQ, MASK_ROWS)
-        b_s += b_gq[:, None] - b_gk[None, :]
-    if MASKED:
-        b_s = tl.where((o_qpos[:, None] >= o_k[None, :]) & m_k[None, :], b_s, float("-inf"))
-    return b_s, b_k, b_v

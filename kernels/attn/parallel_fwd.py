@@ -25,30 +25,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attn.parallel_common import causal_key_range, load_gate, load_kv, program_tile, row_ptrs, tile_ptrs
+from kernels.attn.parallel_common import (
+    causal_key_range,
+    head_row,
+    head_row_origin,
+    load_gate,
+    load_tile_pair,
+    program_tile,
+    row_ptrs,
+    tile_ptrs,
+)
 from kernels.utils import LN2, LOG2E, dot, dot_acc
-
-
-@triton.jit
-def _fwd_kv(k, v, desc_k, desc_v, row0, i_h, o_s, o_d, m_k, H: tl.constexpr, K: tl.constexpr, BS: tl.constexpr,
-            BK: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
-    """k and v [BS, BK] of key rows row0 + o_s (flattened batch x time) of head i_h. Pointer loads read
-    0 outside the head dim and, in MASKED blocks, past the sequence (m_k). TMA loads read whatever rows
-    follow (the next sequence, or zeros past the tensor): MASKED blocks zero v there, and the caller
-    masks those scores, so nothing of another sequence reaches the output."""
-    if USE_TMA:
-        # TMA coordinates are int32 (the host keeps B * Tk < 2^31 for this path)
-        b_k = desc_k.load([row0.to(tl.int32), (i_h * K).to(tl.int32)])
-        b_v = desc_v.load([row0.to(tl.int32), (i_h * K).to(tl.int32)])
-        if MASKED:
-            b_v = tl.where(m_k[:, None], b_v, 0.0)
-    else:
-        if MASKED:
-            m_kd = m_k[:, None] & (o_d < K)[None, :]
-        else:
-            m_kd = (o_d < K)[None, :]
-        b_k, b_v = load_kv(k, v, row0, i_h, o_s, o_d, m_kd, H, K)
-    return b_k, b_v
 
 
 @triton.jit
@@ -56,11 +43,11 @@ def _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ: t
                GATE_T: tl.constexpr):
     """[BS] base-2 gate sums of the keys i_s + o_s (all inside TK) relative to the tile's first query
     (gk_j - g0), from the [B, T, HQ] running sums (GATE_T = 0: stride HQ) or from the per-head rows
-    gct [B * HQ, TKP] (GATE_T = 1: row gt_row, column gt_col0 + key, contiguous)."""
+    gct [B * HQ, TKP] of base-2 sums (GATE_T = 1: row gt_row, column gt_col0 + key, contiguous)."""
     if GATE_T == 0:
         b_g = load_gate(gc, bos_k + i_s, i_hq, o_s, None, HQ, False)  # no row mask: keys inside TK
     else:
-        b_g = tl.load(gct + gt_row * TKP + gt_col0 + i_s + o_s) * LOG2E
+        b_g = head_row(gct, gt_row, TKP, gt_col0 + i_s, o_s, None, 0.0, False)
     return b_g - b_g0
 
 
@@ -76,7 +63,8 @@ def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i
     b_gq = gq_i - g0, b_gk = gk_j - g0 and b_g0 = g0 (base 2) when USE_G."""
     o_k = i_s + o_s
     m_k = o_k < TK
-    b_k, b_v = _fwd_kv(k, v, desc_k, desc_v, bos_k + i_s, i_h, o_s, o_d, m_k, H, K, BS, BK, USE_TMA, MASKED)
+    # (TMA: masked blocks zero v past the sequence; those keys' scores are -inf, so k may stay)
+    b_k, b_v = load_tile_pair(k, v, desc_k, desc_v, bos_k + i_s, i_h, o_s, o_d, m_k, H, K, USE_TMA, MASKED, False)
     b_qk = dot(b_q, tl.trans(b_k), DOT_PREC)
     if MASKED:
         m_s = (o_qpos[:, None] >= o_k[None, :]) & m_k[None, :]
@@ -99,7 +87,7 @@ def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i
     return b_mn, b_l, b_o
 
 
-@triton.jit(do_not_specialize=["TQ", "TK", "NT", "TKP"])
+@triton.jit(do_not_specialize=["TQ", "TK", "NT"])
 def parallel_attn_fwd_kernel(
     q,
     k,
@@ -155,10 +143,7 @@ def parallel_attn_fwd_kernel(
         b_gq = load_gate(gc, bos_k + offset + t0, i_hq, o_t, m_t, HQ, True) - b_g0
 
     # this program's row of the per-head gate sums gct [B * HQ, TKP] and its sequence's first column
-    if IS_VARLEN:
-        gt_row, gt_col0 = i_hq, bos_k
-    else:
-        gt_row, gt_col0 = (bos_k // TK) * HQ + i_hq, bos_k * 0
+    gt_row, _, gt_col0 = head_row_origin(bos_q, bos_k, TK, i_hq, HQ, IS_VARLEN)
 
     b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BT], dtype=tl.float32)
