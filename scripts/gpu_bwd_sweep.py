@@ -2,7 +2,7 @@
 
 Per shape (bf16, causal, gated unless the shape's name ends in "u"): fla's gated forward+backward and
 torch SDPA's (ungated) beside ours with the fixed blocks (TMA on and off), then each dk/dv block
-(dq fixed) and each dq block (dk/dv fixed), in TFLOP/s of forward+backward (3.5 x the forward's
+(dq fixed) and each dq block (dk/dv fixed), then the fixed blocks again (a noise check), in TFLOP/s of forward+backward (3.5 x the forward's
 FlashAttention FLOPs, do_bench medians), with the gradients' largest error against the fixed blocks'.
 Prints one row per variant as it finishes, the compiled backward kernels' registers/spills, and a
 summary table last. Env: SWEEP_SECONDS (budget, default 240), BWD_SHAPES ("name:B:T:HQ:H:D,..."),
@@ -65,7 +65,7 @@ def main() -> None:
             from fla.ops.attn.parallel import parallel_attn as fla_attn
         except Exception:  # noqa: BLE001
             pass
-    default = {kind: dict(tun._BLOCKS[kind]) for kind in ("dkdv", "dq")}
+    default = {kind: dict(tun._BLOCKS[kind]) for kind in ("dkdv", "dkdv_gqa", "dq")}
     summary = []
     for name, B, T, HQ, H, D in _shapes():
         gated = not name.endswith("u")
@@ -94,9 +94,11 @@ def main() -> None:
         ref = [t.float() for t in ours()]
         row["fwd"] = fl / _bench(lambda: par.parallel_attn(q, k, v, g)) / 1e9
         cells = {}
+        kv_kind = "dkdv" if HQ == H else "dkdv_gqa"
         for label, kind, cfg, tma in ([("default", None, None, True), ("default no-TMA", None, None, False)]
-                                      + [(f"dkdv {c}", "dkdv", c, True) for c in dkdv_cfgs]
-                                      + [(f"dq {c}", "dq", c, True) for c in dq_cfgs]):
+                                      + [(f"dkdv {c}", kv_kind, c, True) for c in dkdv_cfgs]
+                                      + [(f"dq {c}", "dq", c, True) for c in dq_cfgs]
+                                      + [("default again", None, None, True)]):
             if time.time() > deadline:
                 print(f"{name} T={T} {label}: skipped (budget)", flush=True)
                 continue
