@@ -266,7 +266,8 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
         _dq_tuned[grid_q](q, k, v, *rows, do, dq, dgc_k, dgc, None, None, None, None, scale, TQ, TK, 0, TQP, TKP,
                           IS_VARLEN=False, USE_TMA=False, **common)
         return dq, dk, dv, dgc
-    cfg_kv, cfg_q = _blocks("dkdv" if G == 1 else "dkdv_gqa", BK), _blocks("dq", BK)
+    cfg_kv = _blocks("dkdv" if G == 1 else "dkdv_gqa", BK)
+    cfg_q = _blocks("dq" if q.element_size() == 2 else "dq_fp32", BK)
     if cu_seqlens is None:
         chunks_kv, chunks_q = None, None
         NS, NT = triton.cdiv(TK, cfg_kv["BS"]), triton.cdiv(TQ, cfg_q["BT"])

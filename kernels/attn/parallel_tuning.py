@@ -29,7 +29,7 @@ _CANDIDATES = {
 }
 # The one block per kernel under the CPU interpreter (small and fast).
 _BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "fwd_ungated": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1),
-                     "dkdv_gqa": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+                     "dkdv_gqa": (16, 32, 4, 1), "dq": (32, 16, 4, 1), "dq_fp32": (32, 16, 4, 1)}
 
 
 def _configs(kind: str) -> list[triton.Config]:
@@ -78,6 +78,8 @@ _BLOCKS = {
     "dkdv": {64: (32, 64, 4, 3), 128: (32, 64, 4, 3), 256: (16, 32, 8, 2)},
     "dkdv_gqa": {64: (32, 64, 4, 3), 128: (16, 64, 4, 3), 256: (16, 32, 8, 2)},
     "dq": {64: (64, 32, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
+    # fp32 inputs: 3 stages of 64x128 fp32 k and v beside the 128-row q/do tiles overflow shared memory
+    "dq_fp32": {64: (64, 32, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 8, 2)},
 }
 
 
