@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from gatedgen.bench.compiled import print_compiled
 from kernels.attn import parallel as par
 from kernels.attn import parallel_tuning as tun
 
@@ -123,16 +124,7 @@ def main() -> None:
         print(f"== {name} B={B} T={T}: fwd {row['fwd']:.0f}, SDPA f+b {row.get('sdpa', float('nan')):.0f}, "
               f"fla g f+b {row.get('fla', float('nan')):.0f}", flush=True)
         torch.cuda.empty_cache()
-    for kname, fn in (("dkdv", par.parallel_attn_bwd_kernel_dkdv), ("dq", par.parallel_attn_bwd_kernel_dq)):
-        for dev_cache in getattr(fn, "device_caches", {}).values():
-            for kern in dev_cache[0].values():
-                try:
-                    c = kern.metadata
-                    consts = {k: v for k, v in kern.src.constants.items() if isinstance(v, (int, str))}
-                    print(f"{kname}: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} "
-                          f"stages={c.num_stages} {consts}")
-                except Exception as e:  # noqa: BLE001
-                    print("info failed", e)
+    print_compiled([("dkdv", par.parallel_attn_bwd_kernel_dkdv), ("dq", par.parallel_attn_bwd_kernel_dq)])
     print("\n| shape | B | T | gated | fwd | SDPA f+b | fla g f+b | ours f+b (fixed) | no TMA | best dkdv | best dq "
           "| fixed/fla |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

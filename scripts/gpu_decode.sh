@@ -62,15 +62,9 @@ print(append_table, f"\n(append sweep {time.time() - t0:.0f} s)", flush=True)
 variant = kd.MERGE_VARIANTS[best]
 rows = kd.run(quick=os.environ.get("FULL", "0") != "1", variant=variant)
 res["rows"], res["variant"] = rows, variant; save()
-for fn in (decoding.decode_split_kernel, decoding.decode_merge_kernel, decoding.append_kv_kernel):
-    for dev_cache in getattr(fn, "device_caches", {}).values():
-        for kern in dev_cache[0].values():
-            try:
-                c = kern.metadata
-                consts = {k: v for k, v in kern.src.constants.items() if isinstance(v, (int, str))}
-                print(f"{fn.__name__}: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} stages={c.num_stages} {consts}")
-            except Exception as e:  # noqa: BLE001
-                print(fn.__name__, "info failed", e)
+from gatedgen.bench.compiled import print_compiled
+print_compiled([(fn.__name__, fn) for fn in (decoding.decode_split_kernel, decoding.decode_merge_kernel,
+                                             decoding.append_kv_kernel)])
 print("\ncache append (9:3 heads, D=64, bf16, logits; graph-replayed us):")
 print(append_table)
 print("\npartial merge (gated unless g=no; graph-replayed us, TB/s of K+V, [NS splits]):")

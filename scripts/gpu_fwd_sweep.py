@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from gatedgen.bench.compiled import print_compiled
 from kernels.attn import parallel as par
 from kernels.attn import parallel_tuning as tun
 
@@ -99,17 +100,8 @@ def main() -> None:
         tun._blocks.cache_clear()
         par._TMA, par._GATE_T = True, 1
         summary.append((name, B, T, sdpa, fla_g, best))
-        del q, k, v, g, qs, ks, vs
         torch.cuda.empty_cache()
-    for dev_cache in getattr(par.parallel_attn_fwd_kernel, "device_caches", {}).values():
-        for kern in dev_cache[0].values():
-            try:
-                c = kern.metadata
-                consts = {k: v for k, v in kern.src.constants.items() if isinstance(v, (int, str))}
-                print(f"fwd: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} "
-                      f"stages={c.num_stages} {consts}")
-            except Exception as e:  # noqa: BLE001
-                print("info failed", e)
+    print_compiled([("fwd", par.parallel_attn_fwd_kernel)])
     print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t)) | g/fla | g/SDPA | best no-g (cfg, (tma, gate_t)) | no-g/SDPA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, B, T, sdpa, fla_g, best in summary:

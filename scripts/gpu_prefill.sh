@@ -69,15 +69,9 @@ from kernels.attn import parallel as par
 rows = kp.run(quick="--quick" in sys.argv, log=lambda r: print({k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}, flush=True))
 json.dump(rows, open(os.path.join(os.environ.get("OUT", "out"), "bench.json"), "w"), indent=1)
 # compiled kernels: registers, spills, shared memory per specialization
-for name, fn in [("fwd", par.parallel_attn_fwd_kernel), ("dkdv", par.parallel_attn_bwd_kernel_dkdv),
-                 ("dq", par.parallel_attn_bwd_kernel_dq)]:
-    for dev_cache in getattr(fn, "device_caches", {}).values():
-        for kern in dev_cache[0].values():
-            try:
-                c = kern.metadata
-                print(f"{name}: regs={kern.n_regs} spills={kern.n_spills} smem={c.shared} warps={c.num_warps} stages={c.num_stages} consts={ {k: v for k, v in kern.src.constants.items() if isinstance(v, (int, str)) and not isinstance(v, bool)} }")
-            except Exception as e:  # noqa: BLE001
-                print(name, "info failed", e)
+from gatedgen.bench.compiled import print_compiled
+print_compiled([("fwd", par.parallel_attn_fwd_kernel), ("dkdv", par.parallel_attn_bwd_kernel_dkdv),
+                ("dq", par.parallel_attn_bwd_kernel_dq)])
 print()
 print(kp.format_table(rows))
 PY
