@@ -160,7 +160,7 @@ def parallel_attn_bwd_kernel_dkdv(
         if USE_G:
             b_gk = head_row(gct, r_g, TKP, c_k0 + s0, o_s, m_k, 0.0, True)
             # the gate sum of the tile's last key: every query of an unmasked block sees it
-            b_gref = tl.load(gct + r_g * TKP + c_k0 + tl.minimum(s0 + BS, TK) - 1)
+            b_gref = head_row(gct, r_g, TKP, c_k0 + tl.minimum(s0 + BS, TK) - 1, 0, None, 0.0, False)
             b_gkr = b_gk - b_gref
         for i_t in range(i_lo, i_unm, BT):
             b_dk, b_dv, b_dgk = _dkdv_block(
@@ -280,7 +280,7 @@ def parallel_attn_bwd_kernel_dq(
     if USE_G:
         b_gq = head_row(gct, r_g, TKP, c_k0 + offset + t0, o_t, m_t, 0.0, True)
         # the gate sum of the tile's first query: every key of an unmasked block precedes it
-        b_g0 = tl.load(gct + r_g * TKP + c_k0 + offset + t0)
+        b_g0 = head_row(gct, r_g, TKP, c_k0 + offset + t0, 0, None, 0.0, False)
         b_a = b_gq - b_g0 - b_lse
     b_dgq = tl.zeros([BT], dtype=tl.float32)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)

@@ -91,7 +91,7 @@ def load_tile_pair(x, y, desc_x, desc_y, row0, i_head, o_r, o_d, m_r, NH: tl.con
 def head_row(x, row, TP, col0, o_r, m_r, other, MASKED: tl.constexpr):
     """[R] fp32 values at columns col0 + o_r of row ``row`` of a per-head row tensor x [rows, TP] (the
     backward's base-2 lse, delta and gate sums: contiguous along time); outside m_r ``other`` when
-    MASKED."""
+    MASKED. o_r = 0 reads the one value at col0."""
     p_x = x + row * TP + col0 + o_r
     if MASKED:
         return tl.load(p_x, mask=m_r, other=other)
