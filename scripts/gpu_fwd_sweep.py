@@ -29,9 +29,9 @@ CONFIGS = {
 }
 # (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T, gate in the
 # QK MMA: kernels.attn.parallel._GATE_MMA); the first one also times the ungated forward
-LOADS = [(True, 1, True), (True, 1, False), (False, 1, True)]
+LOADS = [(True, 1, 1), (True, 1, 0), (False, 1, 1)]
 if os.environ.get("FWD_LOADS"):  # "tma:gate_t:gate_mma,..." of 0/1
-    LOADS = [tuple(bool(int(x)) if i != 1 else int(x) for i, x in enumerate(item.split(":")))
+    LOADS = [tuple(bool(int(x)) if i == 0 else int(x) for i, x in enumerate(item.split(":")))
              for item in os.environ["FWD_LOADS"].split(",")]
 KINDS = ("fwd", "fwd_ungated", "fwd_gate_mma")
 
@@ -105,7 +105,7 @@ def main() -> None:
         for kind in KINDS:
             tun._BLOCKS[kind] = dict(default[kind])
         tun._blocks.cache_clear()
-        par._TMA, par._GATE_T, par._GATE_MMA = True, 1, True
+        par._TMA, par._GATE_T, par._GATE_MMA = True, 1, 1
         summary.append((name, B, T, sdpa, fla_g, best))
         torch.cuda.empty_cache()
     print_compiled([("fwd", par.parallel_attn_fwd_kernel)])

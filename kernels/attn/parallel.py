@@ -186,7 +186,7 @@ def _gate_rows(gc, mode: int = 1):
 
 # gated bf16 forward: the unmasked blocks take the gate in the QK MMA (parallel_fwd's GATE_MMA; 0 = the
 # per-score gate add of the other dtypes)
-_GATE_MMA = os.environ.get("GATEDGEN_FWD_GATE_MMA", "1") != "0"
+_GATE_MMA = int(os.environ.get("GATEDGEN_FWD_GATE_MMA", "1"))
 
 
 def _gate_mma_tiles(gc, scale: float, cfg: dict, cu_seqlens, chunks, NT: int, TKP: int, use_tma: bool):
@@ -198,7 +198,8 @@ def _gate_mma_tiles(gc, scale: float, cfg: dict, cu_seqlens, chunks, NT: int, TK
     gm = torch.empty(B * HQ, TKP, 16, dtype=torch.bfloat16, device=gc.device)
     grid = ((triton.cdiv(TK, BT) * B if cu_seqlens is None else NT) * HQ,)
     parallel_attn_fwd_gate_mma_kernel[grid](gc, gm, cu_seqlens, chunks, 1.0 / (scale * LOG2E), TK, NT, TKP, B=B,
-                                            HQ=HQ, BT=BT, BS=BS, IS_VARLEN=cu_seqlens is not None)
+                                            HQ=HQ, BT=BT, BS=BS, IS_VARLEN=cu_seqlens is not None,
+                                            GATE_MMA=_GATE_MMA)
     desc = None
     if use_tma and B * HQ * TKP < 2**31:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -221,12 +222,12 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
-        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, None, None, scale, TQ, TK, 0, 0,
-                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, GATE_MMA=False, **common)
+        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, None, None, scale, 1.0, TQ, TK, 0, 0,
+                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, GATE_MMA=0, **common)
         return o, lse
     # ungated 16-bit inputs have their own (larger) blocks; fp32 tiles of that size would not fit in
     # shared memory (D=128: 3 stages of 128x128 fp32 K and V = 384 KB), so fp32 keeps the gated ones
-    gate_mma = gc is not None and q.dtype == torch.bfloat16 and _GATE_MMA
+    gate_mma = _GATE_MMA if gc is not None and q.dtype == torch.bfloat16 else 0
     if gate_mma:
         cfg = _blocks("fwd_gate_mma", BK)
     else:
@@ -252,7 +253,8 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     common["GATE_MMA"] = gate_mma
     if NT > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, gm, desc_gm, scale, TQ, TK, NT, TKP,
+            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, gm, desc_gm, scale, 1.0 / (scale * LOG2E),
+            TQ, TK, NT, TKP,
             IS_VARLEN=cu_seqlens is not None, **common, **cfg
         )
     return o, lse
