@@ -4,7 +4,7 @@ For each shape (bf16, causal) and each (BT, BS, num_warps, num_stages) x {TMA, p
 gated and ungated forward in TFLOP/s (FlashAttention convention, do_bench medians), with torch SDPA
 and fla's gated forward timed in the same run. Prints one row per variant as it finishes, the
 compiled kernels' registers/spills, and a summary table last. Env: SWEEP_SECONDS (budget, default
-200), FWD_SHAPES ("name:B:T:HQ:H:D,..."), FWD_CONFIGS ("BT:BS:W:S,..."), FWD_LOADS ("tma:gate_t:gate_mma,...").
+200), FWD_SHAPES ("name:B:T:HQ:H:D,..."), FWD_CONFIGS ("BT:BS:W:S,...").
 Run from the repo root: python3 scripts/gpu_fwd_sweep.py
 """
 
@@ -27,13 +27,8 @@ CONFIGS = {
     128: [(128, 32, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
     64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
 }
-# (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T, gate in the
-# QK MMA: kernels.attn.parallel._GATE_MMA); the first one also times the ungated forward
-LOADS = [(True, 1, 1), (True, 1, 0), (False, 1, 1)]
-if os.environ.get("FWD_LOADS"):  # "tma:gate_t:gate_mma,..." of 0/1
-    LOADS = [tuple(bool(int(x)) if i == 0 else int(x) for i, x in enumerate(item.split(":")))
-             for item in os.environ["FWD_LOADS"].split(",")]
-KINDS = ("fwd", "fwd_ungated", "fwd_gate_mma")
+# (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T)
+LOADS = [(True, 1), (True, 0), (False, 1)]
 
 
 def _parse():
@@ -60,7 +55,7 @@ def main() -> None:
         from fla.ops.attn.parallel import parallel_attn as fla_attn
     except Exception:  # noqa: BLE001
         fla_attn = None
-    default = {kind: dict(tun._BLOCKS[kind]) for kind in KINDS}
+    default = dict(tun._BLOCKS["fwd"]), dict(tun._BLOCKS["fwd_ungated"])
     summary = []
     for name, B, T, HQ, H, D in shapes:
         torch.manual_seed(0)
@@ -77,40 +72,37 @@ def main() -> None:
         print(f"== {name} B={B} T={T}: SDPA {sdpa:.0f}, fla gated {fla_g:.0f} TFLOP/s", flush=True)
         best = {}
         for cfg in configs[D]:
-            for tma, gate_t, gate_mma in LOADS:
-                load = (tma, gate_t, gate_mma)
+            for tma, gate_t in LOADS:
                 if time.time() > deadline:
-                    print(f"{cfg} {load}: skipped (budget)", flush=True)
+                    print(f"{cfg} tma={tma} gate_t={gate_t}: skipped (budget)", flush=True)
                     continue
-                for kind in KINDS:
-                    tun._BLOCKS[kind][D] = cfg
+                tun._BLOCKS["fwd"][D] = cfg
                 tun._blocks.cache_clear()
-                par._TMA, par._GATE_T, par._GATE_MMA = tma, gate_t, gate_mma
+                par._TMA, par._GATE_T = tma, gate_t
+                tun._BLOCKS["fwd_ungated"][D] = cfg
                 cells = []
-                for gate in (True, False) if load == LOADS[0] else (True,):
+                for gate in (True, False) if (tma, gate_t) == LOADS[0] else (True,):
                     fn = (lambda gate=gate: par.parallel_attn(q, k, v, g if gate else None))
                     try:
                         err = (fn().float() - ref[gate]).abs().max().item()
                         tf = fl / _bench(fn) / 1e9
                     except Exception as e:  # noqa: BLE001
-                        print(f"{cfg} {load} gated={gate}: failed {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        print(f"{cfg} tma={tma} gated={gate}: failed {type(e).__name__}: {str(e)[:200]}", flush=True)
                         tf, err = float("nan"), float("nan")
                     cells.append((tf, err))
                     key = "g" if gate else "u"
                     if tf == tf and tf > best.get(key, (0,))[0]:
-                        best[key] = (tf, cfg, load)
+                        best[key] = (tf, cfg, (tma, gate_t))
                 ungated = f"  ungated {cells[1][0]:.0f} (err {cells[1][1]:.1e})" if len(cells) > 1 else ""
-                print(f"{cfg} (tma, gate_t, gate_mma)={load}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
+                print(f"{cfg} tma={tma} gate_t={gate_t}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
                       flush=True)
-        for kind in KINDS:
-            tun._BLOCKS[kind] = dict(default[kind])
+        tun._BLOCKS["fwd"], tun._BLOCKS["fwd_ungated"] = dict(default[0]), dict(default[1])
         tun._blocks.cache_clear()
-        par._TMA, par._GATE_T, par._GATE_MMA = True, 1, 1
+        par._TMA, par._GATE_T = True, 1
         summary.append((name, B, T, sdpa, fla_g, best))
         torch.cuda.empty_cache()
     print_compiled([("fwd", par.parallel_attn_fwd_kernel)])
-    print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t, gate_mma)) | g/fla | g/SDPA "
-          "| best no-g (cfg, load) | no-g/SDPA |")
+    print("\n| shape | B | T | SDPA | fla g | best g (cfg, (tma, gate_t)) | g/fla | g/SDPA | best no-g (cfg, (tma, gate_t)) | no-g/SDPA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, B, T, sdpa, fla_g, best in summary:
         bg, bu = best.get("g", (float("nan"), None, None)), best.get("u", (float("nan"), None, None))

@@ -51,7 +51,7 @@ from kernels.attn.parallel_bwd import (
     parallel_attn_bwd_kernel_dq,
     parallel_attn_bwd_kernel_preprocess,
 )
-from kernels.attn.parallel_fwd import parallel_attn_fwd_gate_mma_kernel, parallel_attn_fwd_kernel
+from kernels.attn.parallel_fwd import parallel_attn_fwd_kernel
 from kernels.attn.parallel_tuning import _AUTOTUNE, _blocks, _dkdv_tuned, _dq_tuned, _fwd_tuned
 from kernels.utils import fix_triton_interpreter_index, next_power_of_2
 
@@ -184,30 +184,6 @@ def _gate_rows(gc, mode: int = 1):
     return gct, TKP, mode
 
 
-# gated bf16 forward: the unmasked blocks take the gate in the QK MMA (parallel_fwd's GATE_MMA; 0 = the
-# per-score gate add of the other dtypes)
-_GATE_MMA = int(os.environ.get("GATEDGEN_FWD_GATE_MMA", "1"))
-
-
-def _gate_mma_tiles(gc, scale: float, cfg: dict, cu_seqlens, chunks, NT: int, TKP: int, use_tma: bool):
-    """(gm, its TMA descriptor or None): the GATE_MMA gate tiles [B * HQ, TKP, 16] bf16 for key blocks
-    of cfg["BS"] (parallel_fwd), written by one kernel over the forward's tiles of cfg["BT"] keys."""
-    B, TK, HQ = gc.shape
-    BT, BS = cfg["BT"], cfg["BS"]
-    # (padding rows past Tk are never read: the unmasked blocks end before the tile's first query)
-    gm = torch.empty(B * HQ, TKP, 16, dtype=torch.bfloat16, device=gc.device)
-    grid = ((triton.cdiv(TK, BT) * B if cu_seqlens is None else NT) * HQ,)
-    parallel_attn_fwd_gate_mma_kernel[grid](gc, gm, cu_seqlens, chunks, 1.0 / (scale * LOG2E), TK, NT, TKP, B=B,
-                                            HQ=HQ, BT=BT, BS=BS, IS_VARLEN=cu_seqlens is not None,
-                                            GATE_MMA=_GATE_MMA)
-    desc = None
-    if use_tma and B * HQ * TKP < 2**31:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        desc = TensorDescriptor(gm, [B * HQ * TKP, 16], [16, 1], [BS, 16])
-    return gm, desc
-
-
 def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log."""
     B, TQ, HQ, K = q.shape
@@ -222,19 +198,15 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
-        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, None, None, scale, 1.0, TQ, TK, 0, 0,
-                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, GATE_MMA=0, **common)
+        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
+                         IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
     # ungated 16-bit inputs have their own (larger) blocks; fp32 tiles of that size would not fit in
     # shared memory (D=128: 3 stages of 128x128 fp32 K and V = 384 KB), so fp32 keeps the gated ones
-    gate_mma = _GATE_MMA if gc is not None and q.dtype == torch.bfloat16 else 0
-    if gate_mma:
-        cfg = _blocks("fwd_gate_mma", BK)
-    else:
-        cfg = _blocks("fwd_ungated" if gc is None and q.element_size() == 2 else "fwd", BK)
+    cfg = _blocks("fwd_ungated" if gc is None and q.element_size() == 2 else "fwd", BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
-    gct, TKP, common["GATE_T"] = _gate_rows(gc, 0 if gate_mma else _GATE_T)
+    gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
     if cu_seqlens is None:
         chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
         grid = (NT * B * HQ,)
@@ -242,19 +214,9 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         chunks = prepare_chunk_indices(cu_seqlens, cfg["BT"])
         NT = chunks.shape[0]
         grid = (NT * HQ,)
-    gm = desc_gm = None
-    if gate_mma and NT > 0:
-        TKP = _pad16(TK)
-        gm, desc_gm = _gate_mma_tiles(gc, scale, cfg, cu_seqlens, chunks, NT, TKP, desc_k is not None)
-        # (pointer loads of the gate tiles where TMA is off or the rows would overflow int32 coordinates)
-        common["USE_TMA"] = common["USE_TMA"] and desc_gm is not None
-        if not common["USE_TMA"]:
-            desc_k = desc_v = None
-    common["GATE_MMA"] = gate_mma
     if NT > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, gm, desc_gm, scale, 1.0 / (scale * LOG2E),
-            TQ, TK, NT, TKP,
+            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, scale, TQ, TK, NT, TKP,
             IS_VARLEN=cu_seqlens is not None, **common, **cfg
         )
     return o, lse

@@ -18,15 +18,6 @@ one FMA and one exp2 per score. K/V come through TMA tensor descriptors when the
 two and the dtype 16-bit (``USE_TMA``), else through masked pointer loads. The unmasked blocks read the
 keys' gate sums from a per-head copy [B * HQ, Tk] (``GATE_T = 1``, contiguous) or from the [B, T, HQ]
 running sums (``GATE_T = 0``, stride HQ).
-
-``GATE_MMA`` (bf16): the unmasked blocks take the gate inside the QK matrix product instead, so their
-softmax costs what the ungated one does (no per-score FADD, no per-column gate loads). The host writes,
-per key j of key block [i_s, i_s + BS), x_j = -(gk_j - gk_r) / c with r = i_s + BS - 1 the block's last
-key, split into three bf16 terms (hi + mid + lo, 24 bits): a [BS, 16] tile (zeros past column 3) that
-a ones tile [BT, 16] multiplies in a second MMA on the same fp32 accumulator, t_ij = q_i.k_j + x_j. Then
-s'_ij = c t_ij - d with the block scalar d = gk_r - g0 >= 0: the row max is c max_j t_ij - d and
-p = exp2(c t_ij - (m' + d)), one FMA per score as in ungated attention. The [BT, 16] x [16, BS] MMA adds
-1/8 of the QK product's work at D = 128.
 """
 
 from __future__ import annotations
@@ -61,15 +52,14 @@ def _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ: t
 
 
 @triton.jit
-def _fwd_block(k, v, desc_k, desc_v, gc, gm, desc_gm, b_q, b_one, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
-               bos_k, TK, gm_row0, o_s, o_d, o_c, o_qpos, qk_scale, H: tl.constexpr, HQ: tl.constexpr,
-               K: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, USE_G: tl.constexpr, USE_TMA: tl.constexpr,
-               GATE_MMA: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+def _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq, bos_k, TK, o_s, o_d,
+               o_qpos, qk_scale, H: tl.constexpr, HQ: tl.constexpr, K: tl.constexpr, BS: tl.constexpr,
+               BK: tl.constexpr, USE_G: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
+               MASKED: tl.constexpr):
     """Fold one key block [i_s, i_s + BS) into the running max b_m, sum b_l and output accumulator b_o
     (online softmax in base 2: the old sum and accumulator are rescaled by exp2(m_old - m_new)).
     Unmasked blocks lie wholly before the tile and inside TK, and get their keys' gate sums b_gk from
-    the caller (or, with GATE_MMA, take them from the host's [BS, 16] gate tile at row gm_row0 + i_s);
-    MASKED ones need the causal and bounds mask and read their gates from gc here.
+    the caller; MASKED ones need the causal and bounds mask and read their gates from gc here.
     b_gq = gq_i - g0, b_gk = gk_j - g0 and b_g0 = g0 (base 2) when USE_G."""
     o_k = i_s + o_s
     m_k = o_k < TK
@@ -78,21 +68,7 @@ def _fwd_block(k, v, desc_k, desc_v, gc, gm, desc_gm, b_q, b_one, b_gq, b_gk, b_
     b_qk = dot(b_q, tl.trans(b_k), DOT_PREC)
     if MASKED:
         m_s = (o_qpos[:, None] >= o_k[None, :]) & m_k[None, :]
-    if USE_G and GATE_MMA > 0 and not MASKED:
-        # t_ij = q_i.k_j + x_j in the MMA; s'_ij = c t_ij - d, d = gk_r - g0 (r = the block's last key)
-        if USE_TMA:
-            b_x = desc_gm.load([(gm_row0 + i_s).to(tl.int32), 0])
-        else:
-            b_x = tl.load(gm + (gm_row0 + i_s + o_s)[:, None] * 16 + o_c[None, :])
-        b_qk = dot_acc(b_one, tl.trans(b_x), b_qk, DOT_PREC)
-        if GATE_MMA == 1:
-            b_d = load_gate(gc, bos_k + i_s + BS - 1, i_hq, 0, None, HQ, False) - b_g0
-            b_mn = tl.maximum(b_m, tl.max(b_qk, 1) * qk_scale - b_d)
-            b_p = tl.math.exp2(b_qk * qk_scale - (b_mn + b_d)[:, None])
-        else:  # absolute: t_ij = q_i.k_j + (gq_i - gk_j) / c, the whole score
-            b_mn = tl.maximum(b_m, tl.max(b_qk, 1) * qk_scale)
-            b_p = tl.math.exp2(b_qk * qk_scale - b_mn[:, None])
-    elif USE_G:
+    if USE_G:
         if MASKED:
             b_gk = load_gate(gc, bos_k + i_s, i_hq, o_s, m_k, HQ, True) - b_g0
             b_s = tl.where(m_s, b_qk * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
@@ -111,40 +87,6 @@ def _fwd_block(k, v, desc_k, desc_v, gc, gm, desc_gm, b_q, b_one, b_gq, b_gk, b_
     return b_mn, b_l, b_o
 
 
-@triton.jit(do_not_specialize=["TK", "NT"])
-def parallel_attn_fwd_gate_mma_kernel(gc, gm, cu_seqlens, chunk_indices, inv_scale, TK, NT, TKP, B: tl.constexpr,
-                                      HQ: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
-                                      IS_VARLEN: tl.constexpr, GATE_MMA: tl.constexpr):
-    """The GATE_MMA gate tiles gm [B * HQ, TKP, 16] bf16 (per-head rows, like the gate rows): for key j of
-    key block [i_s, i_s + BS), x_j = -(gk_j - gk_r) * inv_scale (base 2, r = min(i_s + BS, TK) - 1, the
-    block's last key; inv_scale = 1 / (scale log2 e)) as hi + mid + lo bf16 in columns 0-2, zeros in
-    3-15. One program per (key tile of BT keys = BT // BS blocks, batch x head), the forward's tiling."""
-    i_hq, t0, _, bos_k, _, TK, _ = program_tile(chunk_indices, cu_seqlens, TK, TK, NT, B, HQ, BT, False, IS_VARLEN)
-    gt_row, _, gt_col0 = head_row_origin(bos_k, bos_k, TK, i_hq, HQ, IS_VARLEN)
-    o_s = tl.arange(0, BS)
-    o_c = tl.arange(0, 16)
-    for i_b in tl.static_range(BT // BS):
-        i_s = t0 + i_b * BS
-        m_k = (i_s + o_s) < TK
-        b_g = load_gate(gc, bos_k + i_s, i_hq, o_s, m_k, HQ, True)
-        if GATE_MMA == 1:
-            b_r = load_gate(gc, bos_k + tl.minimum(i_s + BS, TK) - 1, i_hq, 0, None, HQ, False)
-            b_x = (b_r - b_g) * inv_scale
-        else:
-            b_x = -b_g * inv_scale
-        # three bf16 terms (kept in fp32 until the store; the interpreter has no bf16 constants)
-        b_hi = b_x.to(tl.bfloat16).to(tl.float32)
-        b_mid = (b_x - b_hi).to(tl.bfloat16).to(tl.float32)
-        b_lo = (b_x - b_hi - b_mid).to(tl.bfloat16).to(tl.float32)
-        b_t = tl.where(o_c[None, :] == 0, b_hi[:, None],
-                       tl.where(o_c[None, :] == 1, b_mid[:, None],
-                                tl.where(o_c[None, :] == 2, b_lo[:, None], 0.0)))
-        if GATE_MMA == 2:
-            b_t = tl.where((o_c[None, :] >= 3) & (o_c[None, :] < 6), 1.0, b_t)
-        p_t = gm + (gt_row * TKP + gt_col0 + i_s + o_s)[:, None] * 16 + o_c[None, :]
-        tl.store(p_t, b_t.to(tl.bfloat16), mask=m_k[:, None])
-
-
 @triton.jit(do_not_specialize=["TQ", "TK", "NT"])
 def parallel_attn_fwd_kernel(
     q,
@@ -158,10 +100,7 @@ def parallel_attn_fwd_kernel(
     desc_k,
     desc_v,
     gct,
-    gm,
-    desc_gm,
     scale,
-    inv_scale,
     TQ,
     TK,
     NT,
@@ -177,7 +116,6 @@ def parallel_attn_fwd_kernel(
     USE_G: tl.constexpr,
     USE_TMA: tl.constexpr,
     GATE_T: tl.constexpr,
-    GATE_MMA: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -206,21 +144,6 @@ def parallel_attn_fwd_kernel(
 
     # this program's row of the per-head gate sums gct [B * HQ, TKP] and its sequence's first column
     gt_row, _, gt_col0 = head_row_origin(bos_q, bos_k, TK, i_hq, HQ, IS_VARLEN)
-    # GATE_MMA: the ones tile that multiplies the gate tiles, and this program's first row of gm
-    o_c = tl.arange(0, 16)
-    b_one = tl.full([BT, 16], 1.0, dtype=tl.float32)
-    if GATE_MMA == 2:
-        # [1, 1, 1, a_hi, a_mid, a_lo, 0...] with a_i = gq_i / c (absolute) against [x_hi, x_mid, x_lo, 1, 1, 1, 0...]
-        b_a = (b_gq + b_g0) * inv_scale
-        b_a1 = b_a.to(tl.bfloat16).to(tl.float32)
-        b_a2 = (b_a - b_a1).to(tl.bfloat16).to(tl.float32)
-        b_a3 = (b_a - b_a1 - b_a2).to(tl.bfloat16).to(tl.float32)
-        b_one = tl.where(o_c[None, :] == 3, b_a1[:, None], b_one)
-        b_one = tl.where(o_c[None, :] == 4, b_a2[:, None], b_one)
-        b_one = tl.where(o_c[None, :] == 5, b_a3[:, None], b_one)
-        b_one = tl.where(o_c[None, :] >= 6, 0.0, b_one)
-    b_one = b_one.to(b_q.dtype)  # (the interpreter has no bf16 constants)
-    gm_row0 = gt_row * TKP + gt_col0
 
     b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BT], dtype=tl.float32)
@@ -235,18 +158,17 @@ def parallel_attn_fwd_kernel(
     # 2026-11-24, docs/notes-prefill.md; Triton's pipeliner already overlaps these loads)
     b_gk = tl.zeros([BS], dtype=tl.float32)
     for i_s in range(0, i_diag, BS):
-        if USE_G and GATE_MMA == 0:
+        if USE_G:
             b_gk = _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ, GATE_T)
-        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, gm, desc_gm, b_q, b_one, b_gq, b_gk, b_g0, b_m, b_l,
-                                   b_o, i_s, i_h, i_hq, bos_k, TK, gm_row0, o_s, o_d, o_c, o_qpos, qk_scale, H, HQ,
-                                   K, BS, BK, USE_G, USE_TMA, GATE_MMA, DOT_PREC, False)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
+                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
+                                   DOT_PREC, False)
     # back to the per-row representation: m = m' + (gq_i - g0)
-    if GATE_MMA != 2:
-        b_m += b_gq
+    b_m += b_gq
     for i_s in range(i_diag, i_end, BS):
-        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, gm, desc_gm, b_q, b_one, b_gq, b_gk, b_g0, b_m, b_l,
-                                   b_o, i_s, i_h, i_hq, bos_k, TK, gm_row0, o_s, o_d, o_c, o_qpos, qk_scale, H, HQ,
-                                   K, BS, BK, USE_G, USE_TMA, GATE_MMA, DOT_PREC, True)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
+                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
+                                   DOT_PREC, True)
 
     b_o = b_o / b_l[:, None]
     # natural-log lse = (m2 + log2 l) * ln 2 (m2 is in the per-row representation: true base-2 scores)
