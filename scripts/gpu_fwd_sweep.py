@@ -4,7 +4,8 @@ For each shape (bf16, causal) and each (BT, BS, num_warps, num_stages) x {TMA, p
 gated and ungated forward in TFLOP/s (FlashAttention convention, do_bench medians), with torch SDPA
 and fla's gated forward timed in the same run. Prints one row per variant as it finishes, the
 compiled kernels' registers/spills, and a summary table last. Env: SWEEP_SECONDS (budget, default
-200), FWD_SHAPES ("name:B:T:HQ:H:D,..."), FWD_CONFIGS ("BT:BS:W:S,...").
+200), FWD_SHAPES ("name:B:T:HQ:H:D,..."), FWD_CONFIGS ("BT:BS:W:S[:R],...", R = maxnreg),
+FWD_LOADS ("tma:gate_t,...").
 Run from the repo root: python3 scripts/gpu_fwd_sweep.py
 """
 
@@ -29,6 +30,8 @@ CONFIGS = {
 }
 # (K/V through TMA, where the unmasked blocks read the gate sums: kernels.attn.parallel._GATE_T)
 LOADS = [(True, 1), (True, 0), (False, 1)]
+if os.environ.get("FWD_LOADS"):  # "tma:gate_t,..." (0/1 each)
+    LOADS = [(bool(int(a)), int(b)) for a, b in (item.split(":") for item in os.environ["FWD_LOADS"].split(","))]
 
 
 def _parse():

@@ -67,7 +67,7 @@ _dq_tuned = triton.autotune(
 # packed batches the tile list depends on the tile size).
 _AUTOTUNE = os.environ.get("GATEDGEN_AUTOTUNE") == "1" and not _INTERPRET
 _BLOCKS = {
-    # kind: {BK: (BT, BS, num_warps, num_stages)}; "fwd" is the gated forward. Since the TMA K/V loads
+    # kind: {BK: (BT, BS, num_warps, num_stages[, maxnreg])}; "fwd" is the gated forward. Since the TMA K/V loads
     # (2026-11-24 sweep, scripts/gpu_fwd_sweep.py) the ungated forward at D=128 is fastest with 128-key
     # blocks and 8 warps (465-561 vs 407-447 TFLOP/s at T=4k-16k), the gated one with (128, 32, 4, 4).
     "fwd": {64: (128, 64, 4, 3), 128: (128, 32, 4, 4), 256: (64, 32, 4, 3)},
@@ -85,10 +85,15 @@ _BLOCKS = {
 
 @functools.cache
 def _blocks(kind: str, BK: int) -> dict:
-    """Launch options {BT, BS, num_warps, num_stages} of a kernel at a padded head dim: one cached dict
-    per shape class (callers unpack it, never modify it)."""
+    """Launch options {BT, BS, num_warps, num_stages[, maxnreg]} of a kernel at a padded head dim: one
+    cached dict per shape class (callers unpack it, never modify it). A fifth tuple element caps the
+    registers per thread (maxnreg), e.g. so that two programs fit on one SM."""
     if _INTERPRET:
-        bt, bs, w, st = _BLOCKS_INTERPRET[kind]
+        blocks = _BLOCKS_INTERPRET[kind]
     else:
-        bt, bs, w, st = _BLOCKS[kind][max(BK, 64)]
-    return {"BT": bt, "BS": bs, "num_warps": w, "num_stages": st}
+        blocks = _BLOCKS[kind][max(BK, 64)]
+    bt, bs, w, st = blocks[:4]
+    cfg = {"BT": bt, "BS": bs, "num_warps": w, "num_stages": st}
+    if len(blocks) > 4:
+        cfg["maxnreg"] = blocks[4]
+    return cfg
