@@ -58,7 +58,8 @@ def main() -> None:
         from fla.ops.attn.parallel import parallel_attn as fla_attn
     except Exception:  # noqa: BLE001
         fla_attn = None
-    default = dict(tun._BLOCKS["fwd"]), dict(tun._BLOCKS["fwd_ungated"])
+    kinds = ("fwd", "fwd_ungated", "fwd_long")  # all take the swept blocks
+    default = {kind: dict(tun._BLOCKS[kind]) for kind in kinds}
     summary = []
     for name, B, T, HQ, H, D in shapes:
         torch.manual_seed(0)
@@ -79,10 +80,10 @@ def main() -> None:
                 if time.time() > deadline:
                     print(f"{cfg} tma={tma} gate_t={gate_t}: skipped (budget)", flush=True)
                     continue
-                tun._BLOCKS["fwd"][D] = cfg
+                for kind in kinds:
+                    tun._BLOCKS[kind][D] = cfg
                 tun._blocks.cache_clear()
                 par._TMA, par._GATE_T = tma, gate_t
-                tun._BLOCKS["fwd_ungated"][D] = cfg
                 cells = []
                 for gate in (True, False) if (tma, gate_t) == LOADS[0] else (True,):
                     fn = (lambda gate=gate: par.parallel_attn(q, k, v, g if gate else None))
@@ -99,7 +100,8 @@ def main() -> None:
                 ungated = f"  ungated {cells[1][0]:.0f} (err {cells[1][1]:.1e})" if len(cells) > 1 else ""
                 print(f"{cfg} tma={tma} gate_t={gate_t}: gated {cells[0][0]:.0f} (err {cells[0][1]:.1e}){ungated}",
                       flush=True)
-        tun._BLOCKS["fwd"], tun._BLOCKS["fwd_ungated"] = dict(default[0]), dict(default[1])
+        for kind in kinds:
+            tun._BLOCKS[kind] = dict(default[kind])
         tun._blocks.cache_clear()
         par._TMA, par._GATE_T = True, 1
         summary.append((name, B, T, sdpa, fla_g, best))

@@ -226,6 +226,29 @@ def test_forward_gate_row_layouts(varlen, seed, monkeypatch):
         _check("mode 1, Tq < Tk", parallel.parallel_attn(q[:, -13:], k, v, gc=gc), base_cont, 1e-2, seed)
 
 
+def test_forward_block_kinds(seed, monkeypatch):
+    """Gated 16-bit dense forwards with Tk >= _LONG_TK take the "fwd_long" blocks (here with the
+    threshold lowered to 32 keys), packed, fp32, short and ungated ones do not; all match the reference."""
+    monkeypatch.setattr(parallel, "_LONG_TK", 32)
+    kinds = []
+    real = parallel._blocks
+    monkeypatch.setattr(parallel, "_blocks", lambda kind, BK: kinds.append(kind) or real(kind, BK))
+    cu = torch.tensor([0, 20, 45], dtype=torch.int32, device=DEVICE)
+    cases = [  # (dtype, gated, T, packed, expected kind)
+        (torch.bfloat16, True, 45, False, "fwd_long"),
+        (torch.bfloat16, True, 31, False, "fwd"),
+        (torch.bfloat16, True, 45, True, "fwd"),
+        (torch.bfloat16, False, 45, False, "fwd_ungated"),
+        (torch.float32, True, 45, False, "fwd"),
+    ]
+    for dtype, gated, T, packed, want in cases:
+        q, k, v, g = _inputs(1 if packed else 2, T, 4, 2, 64, dtype)
+        gate = g if gated else None
+        o = parallel.parallel_attn(q, k, v, gate, cu_seqlens=cu if packed else None)
+        assert kinds[-1] == want, (dtype, gated, T, packed)
+        _check(f"o {want}", o, _reference(q, k, v, gate, cu_seqlens=cu if packed else None)[0], FWD_TOL[dtype], seed)
+
+
 @pytest.mark.parametrize("varlen", [False, True])
 @pytest.mark.parametrize("gated", [True, False])
 def test_backward_tma_matches_pointer_loads(varlen, gated, seed, monkeypatch):
@@ -316,6 +339,23 @@ def test_rejects_bad_arguments():
 def test_gpu_real_shapes(B, T, HQ, H, D, dtype, seed):
     q, k, v, g = _inputs(B, T, HQ, H, D, dtype)
     _check_fwd_bwd(q, k, v, g, seed, dtype)
+
+
+@needs_cuda
+def test_gpu_long_sequence_blocks(seed, monkeypatch):
+    """Tk >= _LONG_TK (not a block multiple): the "fwd_long" blocks give the reference's output and the
+    short-sequence blocks' (fp64 reference on the first 64 and the last 64 queries)."""
+    T, HQ, H, D = parallel._LONG_TK + 77, 4, 2, 128
+    q, k, v, g = _inputs(1, T, HQ, H, D, torch.bfloat16)
+    o = parallel.parallel_attn(q, k, v, g)
+    monkeypatch.setattr(parallel, "_LONG_TK", 2 * T)
+    _check("long vs short blocks", o, parallel.parallel_attn(q, k, v, g), 1e-2, seed)
+    gc = torch.cumsum(g.double(), 1).float()
+    for rows in (slice(0, 64), slice(T - 64, T)):
+        tq = rows.stop
+        ref = naive.parallel_attn(q[:, rows.start : tq].double(), k[:, :tq].double(), v[:, :tq].double(),
+                                  gc=gc[:, :tq].double())
+        _check(f"rows {rows}", o[:, rows], ref, FWD_TOL[torch.bfloat16], seed)
 
 
 @needs_cuda

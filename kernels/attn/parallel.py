@@ -184,6 +184,22 @@ def _gate_rows(gc, mode: int = 1):
     return gct, TKP, mode
 
 
+# gated 16-bit forwards of dense batches with at least this many keys take the "fwd_long" blocks
+_LONG_TK = 8192
+
+
+def _fwd_kind(gated: bool, element_size: int, TK: int, varlen: bool) -> str:
+    """Which block table of parallel_tuning the forward uses. Ungated 16-bit inputs have their own
+    (larger) blocks; fp32 tiles of that size would not fit in shared memory (D=128: 3 stages of
+    128x128 fp32 K and V = 384 KB), so fp32 keeps the gated ones. Gated 16-bit dense batches switch
+    to larger blocks at long sequences (packed batches: the lengths are not known on the host)."""
+    if element_size != 2:
+        return "fwd"
+    if not gated:
+        return "fwd_ungated"
+    return "fwd_long" if TK >= _LONG_TK and not varlen else "fwd"
+
+
 def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log."""
     B, TQ, HQ, K = q.shape
@@ -201,9 +217,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
-    # ungated 16-bit inputs have their own (larger) blocks; fp32 tiles of that size would not fit in
-    # shared memory (D=128: 3 stages of 128x128 fp32 K and V = 384 KB), so fp32 keeps the gated ones
-    cfg = _blocks("fwd_ungated" if gc is None and q.element_size() == 2 else "fwd", BK)
+    cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
     gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)

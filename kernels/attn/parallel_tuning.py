@@ -28,8 +28,9 @@ _CANDIDATES = {
     "dq": [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 16, 4, 3)],
 }
 # The one block per kernel under the CPU interpreter (small and fast).
-_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "fwd_ungated": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1),
-                     "dkdv_gqa": (16, 32, 4, 1), "dq": (32, 16, 4, 1), "dq_fp32": (32, 16, 4, 1)}
+_BLOCKS_INTERPRET = {"fwd": (32, 16, 4, 1), "fwd_ungated": (32, 16, 4, 1), "fwd_long": (32, 16, 4, 1),
+                     "dkdv": (16, 32, 4, 1), "dkdv_gqa": (16, 32, 4, 1), "dq": (32, 16, 4, 1),
+                     "dq_fp32": (32, 16, 4, 1)}
 
 
 def _configs(kind: str) -> list[triton.Config]:
@@ -72,6 +73,9 @@ _BLOCKS = {
     # blocks and 8 warps (465-561 vs 407-447 TFLOP/s at T=4k-16k), the gated one with (128, 32, 4, 4).
     "fwd": {64: (128, 64, 4, 3), 128: (128, 32, 4, 4), 256: (64, 32, 4, 3)},
     "fwd_ungated": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 4, 3)},
+    # gated 16-bit dense batches with Tk >= parallel._LONG_TK: at D=128 the 128-key blocks overtake the
+    # 32-key ones at long sequences (T=16k: 459 vs 416 TFLOP/s; T=4k: 338 vs 358; 2026-11-24 sweep)
+    "fwd_long": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 4, 3)},
     # Backward since the per-head rows and TMA loads (2026-11-24 sweep, scripts/gpu_bwd_sweep.py, gated
     # fwd+bwd at D=128): dk/dv with 32-query blocks was 13-18% faster at T=4k-16k without GQA, but 11%
     # slower with G = 4 query heads per program (more spills), which keeps 16; dq with 3 stages +3-5%.
