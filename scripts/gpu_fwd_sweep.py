@@ -72,9 +72,7 @@ def main() -> None:
         sdpa = fl / _bench(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True,
                                                                   enable_gqa=HQ != H)) / 1e9
         fla_g = fl / _bench(lambda: fla_attn(q, k, v, g=g)) / 1e9 if fla_attn else float("nan")
-        par._WS = False  # (the reference: without warp specialisation)
         ref = {gate: par.parallel_attn(q, k, v, g if gate else None).float() for gate in (True, False)}
-        par._WS = os.environ.get("FWD_WS") == "1"
         print(f"== {name} B={B} T={T}: SDPA {sdpa:.0f}, fla gated {fla_g:.0f} TFLOP/s", flush=True)
         best = {}
         for cfg in configs[D]:

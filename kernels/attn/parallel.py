@@ -200,18 +200,6 @@ def _fwd_kind(gated: bool, element_size: int, TK: int, varlen: bool) -> str:
     return "fwd_long" if TK >= _LONG_TK and not varlen else "fwd"
 
 
-# (experiment) warp-specialised unmasked loop of the 16-bit TMA forward (GATEDGEN_FWD_WS=1)
-_WS = os.environ.get("GATEDGEN_FWD_WS") == "1"
-
-
-def _set_tma_allocator():
-    """In-kernel TMA descriptors need global scratch memory from an allocator Triton calls."""
-    def alloc(size: int, alignment: int, stream):
-        return torch.empty(size, dtype=torch.int8, device="cuda")
-
-    triton.set_allocator(alloc)
-
-
 def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log."""
     B, TQ, HQ, K = q.shape
@@ -226,7 +214,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
 
-        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0, B * TK,
+        _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
@@ -240,15 +228,9 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
         chunks = prepare_chunk_indices(cu_seqlens, cfg["BT"])
         NT = chunks.shape[0]
         grid = (NT * HQ,)
-    if _WS and desc_k is not None and cu_seqlens is None and not _INTERPRET and cfg["num_warps"] == 4:
-        if gc is not None and gct is None:
-            gct, TKP, common["GATE_T"] = _gate_rows(gc, 1)
-        _set_tma_allocator()
-        desc_k = desc_v = None
-        common["WS"] = True
     if NT > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, scale, TQ, TK, NT, TKP, B * TK,
+            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, scale, TQ, TK, NT, TKP,
             IS_VARLEN=cu_seqlens is not None, **common, **cfg
         )
     return o, lse

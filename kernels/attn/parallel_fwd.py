@@ -105,7 +105,6 @@ def parallel_attn_fwd_kernel(
     TK,
     NT,
     TKP,
-    ROWS,
     B: tl.constexpr,
     H: tl.constexpr,
     HQ: tl.constexpr,
@@ -119,7 +118,6 @@ def parallel_attn_fwd_kernel(
     GATE_T: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
-    WS: tl.constexpr = False,
 ):
     # axis 0 enumerates (query tile, batch x head); the tiles with the most keys go first
     i_hq, t0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, NT, B, HQ, BT, True,
@@ -134,13 +132,8 @@ def parallel_attn_fwd_kernel(
     # absolute positions of this tile's queries (int64 scalar + small int32 vector)
     o_qpos = offset + t0 + o_t
 
-    if WS:
-        # (experiment) the Hopper warp-specialisation pass needs every load of the kernel through TMA
-        desc_q = tl.make_tensor_descriptor(q, [B * TQ, HQ * K], [HQ * K, 1], [BT, BK])
-        b_q = desc_q.load([(bos_q + t0).to(tl.int32), (i_hq * K).to(tl.int32)])
-    else:
-        p_q = tile_ptrs(q, bos_q + t0, i_hq, o_t, o_d, HQ, K)
-        b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)
+    p_q = tile_ptrs(q, bos_q + t0, i_hq, o_t, o_d, HQ, K)
+    b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)
     qk_scale = scale * LOG2E
     b_gq = tl.zeros([BT], dtype=tl.float32)
     b_g0 = 0.0
@@ -164,48 +157,18 @@ def parallel_attn_fwd_kernel(
     # (loading the next block's gate sums one iteration ahead by hand was slower everywhere: H100,
     # 2026-11-24, docs/notes-prefill.md; Triton's pipeliner already overlaps these loads)
     b_gk = tl.zeros([BS], dtype=tl.float32)
-    if WS:
-        # (experiment) one warp-specialised loop over every key block, all masked (Hopper autoWS handles
-        # single loops), with in-kernel TMA descriptors over k/v [ROWS, H * K]
-        desc_k = tl.make_tensor_descriptor(k, [ROWS, H * K], [H * K, 1], [BS, BK])
-        desc_v = tl.make_tensor_descriptor(v, [ROWS, H * K], [H * K, 1], [BS, BK])
+    for i_s in range(0, i_diag, BS):
         if USE_G:
-            # base-2 gate sums from the per-head rows gct [B * HQ, TKP], through TMA as well
-            desc_gq = tl.make_tensor_descriptor(gct, [B * HQ, TKP], [TKP, 1], [1, BT])
-            desc_gk = tl.make_tensor_descriptor(gct, [B * HQ, TKP], [TKP, 1], [1, BS])
-            b_gq = tl.reshape(desc_gq.load([gt_row.to(tl.int32), (gt_col0 + offset + t0).to(tl.int32)]), [BT])
-        for i_s in tl.range(0, i_end, BS, warp_specialize=True):
-            o_k = i_s + o_s
-            m_k = o_k < TK
-            b_k = desc_k.load([(bos_k + i_s).to(tl.int32), (i_h * K).to(tl.int32)])
-            b_v = desc_v.load([(bos_k + i_s).to(tl.int32), (i_h * K).to(tl.int32)])
-            b_v = tl.where(m_k[:, None], b_v, 0.0)
-            b_qk = dot(b_q, tl.trans(b_k), DOT_PREC)
-            m_s = (o_qpos[:, None] >= o_k[None, :]) & m_k[None, :]
-            if USE_G:
-                b_gk = tl.reshape(desc_gk.load([gt_row.to(tl.int32), (gt_col0 + i_s).to(tl.int32)]), [BS])
-                b_s = tl.where(m_s, b_qk * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
-            else:
-                b_s = tl.where(m_s, b_qk * qk_scale, float("-inf"))
-            b_mn = tl.maximum(b_m, tl.max(b_s, 1))
-            b_p = tl.math.exp2(b_s - b_mn[:, None])
-            b_r = tl.math.exp2(b_m - b_mn)
-            b_l = b_l * b_r + tl.sum(b_p, 1)
-            b_o = dot_acc(b_p.to(b_v.dtype), b_v, b_o * b_r[:, None], DOT_PREC)
-            b_m = b_mn
-    else:
-        for i_s in range(0, i_diag, BS):
-            if USE_G:
-                b_gk = _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ, GATE_T)
-            b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h,
-                                       i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G,
-                                       USE_TMA, DOT_PREC, False)
-        # back to the per-row representation: m = m' + (gq_i - g0)
-        b_m += b_gq
-        for i_s in range(i_diag, i_end, BS):
-            b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h,
-                                       i_hq, bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G,
-                                       USE_TMA, DOT_PREC, True)
+            b_gk = _key_gates(gc, gct, i_s, i_hq, bos_k, gt_row, gt_col0, TKP, o_s, b_g0, HQ, GATE_T)
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
+                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
+                                   DOT_PREC, False)
+    # back to the per-row representation: m = m' + (gq_i - g0)
+    b_m += b_gq
+    for i_s in range(i_diag, i_end, BS):
+        b_m, b_l, b_o = _fwd_block(k, v, desc_k, desc_v, gc, b_q, b_gq, b_gk, b_g0, b_m, b_l, b_o, i_s, i_h, i_hq,
+                                   bos_k, TK, o_s, o_d, o_qpos, qk_scale, H, HQ, K, BS, BK, USE_G, USE_TMA,
+                                   DOT_PREC, True)
 
     b_o = b_o / b_l[:, None]
     # natural-log lse = (m2 + log2 l) * ln 2 (m2 is in the per-row representation: true base-2 scores)
