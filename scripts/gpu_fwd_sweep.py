@@ -60,6 +60,7 @@ def main() -> None:
         fla_attn = None
     kinds = ("fwd", "fwd_ungated", "fwd_long")  # all take the swept blocks
     default = {kind: dict(tun._BLOCKS[kind]) for kind in kinds}
+    loads_default = par._TMA, par._GATE_T
     summary = []
     for name, B, T, HQ, H, D in shapes:
         torch.manual_seed(0)
@@ -103,7 +104,7 @@ def main() -> None:
         for kind in kinds:
             tun._BLOCKS[kind] = dict(default[kind])
         tun._blocks.cache_clear()
-        par._TMA, par._GATE_T = True, 1
+        par._TMA, par._GATE_T = loads_default
         summary.append((name, B, T, sdpa, fla_g, best))
         torch.cuda.empty_cache()
     print_compiled([("fwd", par.parallel_attn_fwd_kernel)])
