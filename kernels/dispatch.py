@@ -23,14 +23,22 @@ def triton_available() -> bool:
     return torch.cuda.is_available()
 
 
+@functools.cache
+def _triton_fn(module: str, name: str):
+    """kernels.attn.<module>.<name>, or None where it cannot be imported (looked up once: a decode
+    step calls these per layer)."""
+    try:
+        mod = importlib.import_module(f"kernels.attn.{module}")
+    except ImportError:
+        return None
+    return getattr(mod, name, None)
+
+
 def _impl(module: str, name: str, tensor: torch.Tensor):
     if tensor.is_cuda and triton_available():
-        try:
-            mod = importlib.import_module(f"kernels.attn.{module}")
-        except ImportError:
-            mod = None
-        if mod is not None and hasattr(mod, name):
-            return getattr(mod, name)
+        fn = _triton_fn(module, name)
+        if fn is not None:
+            return fn
     return getattr(naive, name)
 
 

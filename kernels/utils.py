@@ -22,7 +22,7 @@ def cdiv(a: int, b: int) -> int:
 
 
 _NUM_SMS: dict[int, int] = {}
-_PDL: dict[int, bool] = {}
+_PDL: dict = {}  # device (as passed) -> Hopper or later, compiled (not the interpreter)
 
 
 def pdl_enabled(device: torch.device) -> bool:
@@ -34,13 +34,15 @@ def pdl_enabled(device: torch.device) -> bool:
     that. Eager launches keep plain stream order: there a step is bound by the host's launches, and
     PDL's gain was measured only in graph replays (H100, 2026-11-24: 8-12% per decode step). An eager
     timing that first looked 1.7-3.5x slower with PDL was host launch cost (docs/notes-decode.md)."""
-    device = torch.device(device)
-    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("GATEDGEN_NO_PDL") == "1":
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _PDL:
-        _PDL[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    return _PDL[index] and torch.cuda.is_current_stream_capturing()
+    ok = _PDL.get(device)  # keyed by the argument as given (a device or its name): a per-call lookup
+    if ok is None:
+        dev = torch.device(device)
+        ok = dev.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+        if ok:
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            ok = torch.cuda.get_device_capability(index)[0] >= 9
+        _PDL[device] = ok
+    return ok and os.environ.get("GATEDGEN_NO_PDL") != "1" and torch.cuda.is_current_stream_capturing()
 
 
 def num_sms(device: torch.device | None = None) -> int:

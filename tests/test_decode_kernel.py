@@ -214,6 +214,36 @@ def test_merge_mode_is_checked():
     assert decoding.MERGE in decoding.MERGE_MODES
 
 
+def test_cached_plans_still_check_and_follow_the_inputs():
+    # the launch plan is cached per key of shapes, strides and dtypes: a repeat with new data and
+    # lengths, the same shapes ungated, and a transposed query must each give the reference's result;
+    # inputs that differ from a valid call only in what the checks look at must still be refused
+    gen, seed = _seed()
+    B, Tmax, HQ, H, D = 2, 40, 8, 2, 32
+    hits = decoding._SPLIT.hits
+    for lens in ([40, 3], [17, 40], [40, 3]):
+        k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float32, lens, True, gen)
+        q = torch.randn(B, 1, HQ, D, generator=gen).to(DEVICE)
+        seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        for g in (gc, None):
+            o = decoding.decode_attn(q, k, v, g, seqlens)
+            assert rel_err(o, _reference(q, k, v, g, seqlens)) < TOL[torch.float32], f"seed={seed} lens={lens}"
+    # compiled: the repeats launched the cached kernel directly (the interpreter always goes through Triton)
+    assert decoding._SPLIT.hits == hits if interpret else decoding._SPLIT.hits >= hits + 4
+    qt = torch.randn(B, HQ, 1, D, generator=gen).to(DEVICE).transpose(1, 2)  # not contiguous
+    o = decoding.decode_attn(qt, k, v, gc, seqlens)
+    assert rel_err(o, _reference(qt, k, v, gc, seqlens)) < TOL[torch.float32], f"seed={seed}"
+    with pytest.raises(ValueError, match="gc_cache"):
+        decoding.decode_attn(q, k, v, gc.double(), seqlens)
+    with pytest.raises(ValueError, match="gc_cache"):
+        decoding.decode_attn(q, k, v, gc.transpose(0, 1).contiguous().transpose(0, 1), seqlens)
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        decoding.decode_attn(q, k, v, gc, seqlens[:1])
+    with pytest.raises(ValueError, match="contiguous"):
+        k_strided = torch.randn(B, Tmax, D, H, generator=gen).to(DEVICE).transpose(2, 3)
+        decoding.decode_attn(q, k_strided, v, gc, seqlens)
+
+
 def _update_inputs(B, Tn, H, HQ, D, gen, dtype=torch.float32):
     k = torch.randn(B, Tn, H, D, generator=gen).to(dtype).to(DEVICE)
     v = torch.randn(B, Tn, H, D, generator=gen).to(dtype).to(DEVICE)

@@ -39,7 +39,12 @@ reading K and V once at memory speed (the two numbers are in docs/notes-decode.m
   BT tokens, so a long prompt is copied by many programs at once) and continues the running sums of
   its G query heads from gc[L - 1] plus the sum of the earlier tokens' gates, which it recomputes
   from the gate input (G values per token: cheap next to the K/V rows). A decode step (Tn = 1) is one
-  program per (b, KV head), as before.
+  program per (b, KV head), as before. Its host side (``append_kv``, ``update_cache``,
+  ``rebase_gate_cache``) is in ``cache_update.py`` and re-exported here.
+* Host work per call: the launch plan (checks, split count, constexprs) is cached per key of shapes,
+  strides, dtypes and settings, and the split kernel is launched through ``kernels.launch.LaunchCache``.
+  An eager call is bound by the host at small caches (1 x 4096 on the H100 machine: 68 us of host
+  work against 13 us of kernel); a graph replay has no host work at all.
 
 NS depends only on static shapes (B, H, Tmax, the SM count), never on the lengths, and nothing is
 copied to the host, so a decode step can be captured in a CUDA graph once and replayed while
@@ -62,18 +67,18 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 
-from kernels.attn.decoding_kernels import (
-    append_kv_kernel,
-    decode_merge_kernel,
-    decode_split_kernel,
-    rebase_gate_kernel,
-)
-from kernels.utils import LOG2E, cdiv, check_gate_cache, next_power_of_2, num_sms, pdl_enabled, pdl_launch
+from kernels.attn.cache_update import append_kv, rebase_gate_cache, update_cache
+from kernels.attn.decoding_kernels import decode_merge_kernel, decode_split_kernel
+from kernels.launch import LaunchCache
+from kernels.utils import LOG2E, cdiv, next_power_of_2, num_sms, pdl_enabled, pdl_launch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+__all__ = ["append_kv", "decode_attn", "merge_counters", "num_splits", "rebase_gate_cache", "update_cache"]
 
 # Launch defaults (measured on H100, see docs/notes-decode.md); tests and the bench override them.
 # split count target: NS * B * H ~ PROGRAMS_PER_SM * SMs; 1 with the fused merge was the sweep's best on
@@ -90,9 +95,6 @@ SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (
 MERGE_MODES = ("kernel", "fused")
 MERGE = os.environ.get("GATEDGEN_DECODE_MERGE", "fused")
 MERGE_TILE = 8192  # elements of the fused merge's [rows, slices, D] tile (64 fp32 registers per thread)
-# cache append: tokens per program (None = one BT-token tile each, many programs for a long prompt;
-# a large value gives the old one-program-per-(b, KV head) walk, kept for the bench)
-APPEND_CHUNK: int | None = None
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
@@ -160,32 +162,33 @@ def _num_splits(B: int, H: int, Tmax: int, block_s: int, slots: int, rule: str) 
     return min(range(1, most + 1), key=lambda ns: cdiv(B * H * ns, slots) * (Tmax / ns + SPLIT_OVERHEAD))
 
 
-def _decode_attn(
-    q,
-    k_cache,
-    v_cache,
-    gc_cache=None,
-    cache_seqlens=None,
-    scale=None,
-    *,
-    out=None,
-    splits=None,
-    block_s=None,
-    num_warps=None,
-    num_stages=None,
-    use_dot=None,
-    programs_per_sm=None,
-    workspace=None,
-    merge=None,
-    counters=None,
-    split_rule=None,
-):
-    """decode_attn with its launch choices exposed (tests and the bench set them). ``merge``: one of
-    MERGE_MODES (default MERGE); ``counters``: int32 zeros, >= B * H, for the fused merge."""
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about one decode launch that depends only on shapes, strides, dtypes and settings
+    (cached per key by ``_plan``: an eager step is bound by host work at small shapes)."""
+
+    out_shape: tuple  # [B, Tq, HQ, D]
+    contiguous_q: bool
+    NS: int
+    fuse: bool  # merge fused into the split kernel (NS > 1)
+    n_part: int  # B * Tq * HQ * NS partial rows (NS > 1)
+    n_counters: int  # B * H
+    grid: tuple  # (H, NS, B)
+    strides: tuple  # k and v batch / token strides, Tmax
+    meta: dict  # constexprs and launch options of the split kernel (PDL added per call)
+    merge_grid: tuple | None  # the merge kernel's grid when it runs (NS > 1, not fused)
+    merge_meta: dict | None
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_SPLIT = LaunchCache(decode_split_kernel)
+_MERGE_KERNEL = LaunchCache(decode_merge_kernel)
+
+
+def _plan(q, k_cache, v_cache, gc_cache, cache_seqlens, splits, block_s, num_warps, num_stages, use_dot,
+          programs_per_sm, merge, split_rule) -> _Plan:
     B, Tq, HQ, H, D = _check(q, k_cache, v_cache, gc_cache, cache_seqlens)
     Tmax, G = k_cache.shape[1], HQ // H
-    scale = D**-0.5 if scale is None else scale
-    q = q.contiguous()
     M = Tq * G
     BD = max(16, next_power_of_2(D))
     if use_dot is None:
@@ -208,61 +211,92 @@ def _decode_attn(
     if merge not in MERGE_MODES:
         raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
     fuse = merge == "fused" and NS > 1
-    if fuse and counters is None:
-        counters = merge_counters(q.device, B * H)
     MR = next_power_of_2(M)
-    o = out if out is not None else torch.empty(B, Tq, HQ, D, dtype=q.dtype, device=q.device)
+    meta = dict(
+        TQ=Tq, H=H, HQ=HQ, G=G, D=D, NS=NS, BM=BM, BS=block_s, BD=BD,
+        USE_G=gc_cache is not None, USE_DOT=use_dot,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        FUSE_MERGE=fuse, MR=MR, BNS=max(1, min(next_power_of_2(NS), MERGE_TILE // (MR * BD))),
+        INTERPRET=INTERPRET, num_warps=num_warps, num_stages=num_stages,
+    )
+    two_kernels = NS > 1 and not fuse
+    return _Plan(
+        out_shape=(B, Tq, HQ, D), contiguous_q=q.is_contiguous(), NS=NS, fuse=fuse,
+        n_part=B * Tq * HQ * NS, n_counters=B * H, grid=(H, NS, B),
+        strides=(k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), Tmax),
+        meta=meta,
+        merge_grid=(B * Tq * HQ,) if two_kernels else None,
+        merge_meta=dict(D=D, NS=NS, BD=BD, BNS=min(MERGE_BLOCK, next_power_of_2(NS)), num_warps=4)
+        if two_kernels else None,
+    )
+
+
+def _decode_attn(
+    q,
+    k_cache,
+    v_cache,
+    gc_cache=None,
+    cache_seqlens=None,
+    scale=None,
+    *,
+    out=None,
+    splits=None,
+    block_s=None,
+    num_warps=None,
+    num_stages=None,
+    use_dot=None,
+    programs_per_sm=None,
+    workspace=None,
+    merge=None,
+    counters=None,
+    split_rule=None,
+):
+    """decode_attn with its launch choices exposed (tests and the bench set them). ``merge``: one of
+    MERGE_MODES (default MERGE); ``counters``: int32 zeros, >= B * H, for the fused merge.
+
+    The launch plan (checks, split count, constexprs) is computed once per key of shapes, strides,
+    dtypes, devices, launch choices and module settings, and the kernel is launched through
+    ``LaunchCache``: host work per eager call is what bounds small decode steps."""
+    gc_key = None if gc_cache is None else (gc_cache.shape, gc_cache.dtype, gc_cache.is_contiguous())
+    key = (
+        q.shape, q.dtype, q.stride(), q.device, k_cache.shape, k_cache.dtype, k_cache.stride(),
+        v_cache.shape, v_cache.dtype, v_cache.stride(), gc_key,
+        None if cache_seqlens is None else cache_seqlens.shape,
+        splits, block_s, num_warps, num_stages, use_dot, programs_per_sm, merge, split_rule,
+        MERGE, PROGRAMS_PER_SM, SPLIT_RULE, SMALL_TILE_DOT, MERGE_TILE, MAX_SPLITS, SPLIT_OVERHEAD, MERGE_BLOCK,
+    )
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(q, k_cache, v_cache, gc_cache, cache_seqlens, splits, block_s, num_warps, num_stages,
+                     use_dot, programs_per_sm, merge, split_rule)
+        if len(_PLANS) >= 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    D = plan.out_shape[3]
+    scale = D**-0.5 if scale is None else scale
+    if not plan.contiguous_q:
+        q = q.contiguous()
+    NS = plan.NS
+    if plan.fuse and counters is None:
+        counters = merge_counters(q.device, plan.n_counters)
+    o = out if out is not None else torch.empty(*plan.out_shape, dtype=q.dtype, device=q.device)
     if NS > 1:
         if workspace is not None:
             o_part, lse_part = workspace
-        else:  # one allocation (host overhead counts at small shapes)
-            ws = torch.empty(B * Tq * HQ * NS * (D + 1), dtype=torch.float32, device=q.device)
-            o_part, lse_part = ws[: B * Tq * HQ * NS * D], ws[B * Tq * HQ * NS * D :]
+        else:  # two allocations: cheaper on the host than slicing one (two views)
+            o_part = torch.empty(plan.n_part * D, dtype=torch.float32, device=q.device)
+            lse_part = torch.empty(plan.n_part, dtype=torch.float32, device=q.device)
     else:
         o_part = lse_part = o  # unused
-    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    pdl = pdl_enabled(q.device) and (NS == 1 or fuse)  # the separate merge kernel does not wait
-    decode_split_kernel[(H, NS, B)](
-        q,
-        k_cache,
-        v_cache,
-        gc_cache,
-        o,
-        o_part,
-        lse_part,
-        counters if fuse else cache_seqlens,  # (unused unless fused)
-        cache_seqlens,
-        scale * LOG2E.value,
-        k_cache.stride(0),
-        k_cache.stride(1),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        Tmax,
-        TQ=Tq,
-        H=H,
-        HQ=HQ,
-        G=G,
-        D=D,
-        NS=NS,
-        BM=BM,
-        BS=block_s,
-        BD=BD,
-        USE_G=gc_cache is not None,
-        USE_DOT=use_dot,
-        DOT_PRECISION=dot_precision,
-        FUSE_MERGE=fuse,
-        MR=MR,
-        BNS=max(1, min(next_power_of_2(NS), MERGE_TILE // (MR * BD))),
-        INTERPRET=INTERPRET,
-        USE_PDL=pdl,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        **pdl_launch(pdl),
+    pdl = (NS == 1 or plan.fuse) and pdl_enabled(q.device)  # the separate merge kernel does not wait
+    _SPLIT(
+        plan.grid, q, k_cache, v_cache, gc_cache, o, o_part, lse_part,
+        counters if plan.fuse else cache_seqlens,  # (unused unless fused)
+        cache_seqlens, scale * LOG2E.value, *plan.strides,
+        **plan.meta, USE_PDL=pdl, **pdl_launch(pdl),
     )
-    if NS > 1 and not fuse:
-        decode_merge_kernel[(B * Tq * HQ,)](
-            o_part, lse_part, o, D=D, NS=NS, BD=BD, BNS=min(MERGE_BLOCK, next_power_of_2(NS)), num_warps=4
-        )
+    if plan.merge_grid is not None:
+        _MERGE_KERNEL(plan.merge_grid, o_part, lse_part, o, **plan.merge_meta)
     return o
 
 
@@ -289,94 +323,3 @@ def decode_attn(
         safe to capture in a CUDA graph and replay as cache_seqlens grows in place.
     """
     return _decode_attn(q, k_cache, v_cache, gc_cache, cache_seqlens, scale)
-
-
-def _rows_ok(t: torch.Tensor, D: int) -> bool:
-    return t.stride(-1) == 1 and t.stride(-2) == D
-
-
-def append_kv(
-    k_cache: torch.Tensor,  # [B, Tmax, H, D]
-    v_cache: torch.Tensor,  # [B, Tmax, H, D]
-    gc_cache: torch.Tensor | None,  # [B, Tmax, HQ] fp32 contiguous
-    k: torch.Tensor,  # [B, Tn, H, D], may be a strided view
-    v: torch.Tensor,  # [B, Tn, H, D], may be a strided view
-    gates: torch.Tensor | None,  # [B, Tn, HQ] log gates, or forget-gate logits when ``logits``
-    cache_seqlens: torch.Tensor,  # int32 [B]
-    *,
-    logits: bool,
-    block_t: int | None = None,
-    chunk: int | None = None,
-    block_p: int | None = None,
-) -> None:
-    """One launch appends Tn new tokens per sequence at cache_seqlens[b] .. + Tn - 1 and continues the
-    gates' running sums (``update_cache``; with ``logits`` the fused forget gate, kernels/gate).
-    Tokens that would land past Tmax are dropped (checking would need a host synchronisation).
-
-    Grid (cdiv(Tn, chunk), B, H): a program copies ``chunk`` tokens (default APPEND_CHUNK, else one
-    tile of ``block_t``) and starts its running sums from the sum of the earlier tokens' gates, which
-    it recomputes ``block_p`` tokens at a time; a decode step (Tn = 1) is one program per (b, KV head)."""
-    B, Tn, H, D = k.shape
-    Tmax = k_cache.shape[1]
-    if k_cache.shape != (B, Tmax, H, D) or v_cache.shape != k_cache.shape or v.shape != k.shape:
-        raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} and caches {tuple(k_cache.shape)} disagree")
-    if not (_rows_ok(k_cache, D) and _rows_ok(v_cache, D)):
-        raise ValueError("k_cache / v_cache need contiguous [H, D] rows")
-    if not _rows_ok(k, D):
-        k = k.contiguous()
-    if not _rows_ok(v, D):
-        v = v.contiguous()
-    use_g = gc_cache is not None
-    if use_g:
-        HQ = check_gate_cache(gc_cache, gates, B, Tmax, Tn, "f (gate logits)" if logits else "g")
-        if gates.stride(-1) != 1:
-            gates = gates.contiguous()
-        sgb, sgt = gates.stride(0), gates.stride(1)
-    else:
-        HQ, sgb, sgt, gates = H, 0, 0, k
-    if Tn == 0 or B == 0:
-        return
-    BT = block_t or min(32, max(16, next_power_of_2(Tn)))
-    chunk = chunk or APPEND_CHUNK or BT
-    chunk = cdiv(min(chunk, Tn), BT) * BT  # whole tiles
-    BG = max(2, next_power_of_2(HQ // H))
-    pdl = pdl_enabled(k_cache.device)
-    append_kv_kernel[(cdiv(Tn, chunk), B, H)](
-        k_cache, v_cache, gc_cache, k, v, gates, cache_seqlens,
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1), sgb, sgt,
-        Tmax, Tn, chunk,
-        H=H, HQ=HQ, G=HQ // H, D=D,
-        BT=BT, BP=block_p or max(BT, 4096 // BG), BD=max(16, next_power_of_2(D)),
-        BG=BG, USE_G=use_g, LOGITS=logits, USE_PDL=pdl, num_warps=4, **pdl_launch(pdl),
-    )
-
-
-def update_cache(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    gc_cache: torch.Tensor | None,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    cache_seqlens: torch.Tensor,
-) -> None:
-    """Append Tn new tokens per sequence in place, one launch (see naive.update_cache).
-
-    k, v [B, Tn, H, D] go to positions cache_seqlens[b] .. + Tn - 1; gc_cache[b, L + t] =
-    gc_cache[b, L - 1] + cumsum(g[b])[t] (0 before the first token). cache_seqlens is not modified.
-    """
-    append_kv(k_cache, v_cache, gc_cache, k, v, g, cache_seqlens, logits=False)
-
-
-def rebase_gate_cache(gc_cache: torch.Tensor, cache_seqlens: torch.Tensor) -> None:
-    """Subtract each sequence's newest running sum (per head) from all its valid entries, in place.
-
-    Exact for every score (they use differences only); keeps the recent entries near 0 where fp32
-    resolves them finely. One launch, no host synchronisation.
-    """
-    B, Tmax, HQ = gc_cache.shape
-    if gc_cache.dtype != torch.float32 or not gc_cache.is_contiguous():
-        raise ValueError("gc_cache must be contiguous fp32 [B, Tmax, HQ]")
-    BH = min(8, next_power_of_2(HQ))
-    rebase_gate_kernel[(B, cdiv(HQ, BH))](gc_cache, cache_seqlens, Tmax, HQ=HQ, BT=256, BH=BH, num_warps=4)

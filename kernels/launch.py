@@ -1,0 +1,80 @@
+"""Launch a ``@triton.jit`` kernel with less host work per call than ``kernel[grid](...)``.
+
+Why: small decode steps are bound by the host when they are not replayed from a CUDA graph. On the
+H100 machine (2026-11-25) an eager ``decode_attn`` at 1 x 4096 cost 68 us of host time per call, of
+which Triton's dispatch (binding and specialising ~30 arguments, the cache key, the globals check) was
+about a third, against 13 us of kernel time.
+
+How: Triton compiles one kernel per *specialisation* of the arguments: each tensor's dtype and whether
+its address is 16-byte aligned, each integer's value class (1, a multiple of 16, its width), the
+constexprs and the launch options. ``LaunchCache`` keys on a superset of that: tensors by (dtype,
+aligned), integers by their exact value, floats by type, constexprs and options by value, plus the
+current device. The first launch of a key goes through Triton's own dispatch (which compiles if it
+must and returns the compiled kernel); later launches of the key call that compiled kernel's launcher
+directly, with the same argument list Triton would pass. Two calls with equal keys are specialised
+identically by Triton, so they run the same binary either way.
+
+Not used under the CPU interpreter (``TRITON_INTERPRET=1``): there every call goes through
+``kernel[grid]``. Arguments of other types (tensor descriptors, ...) also take Triton's path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_MAX_KEYS = 4096  # per kernel; a full cache is emptied (a key is a shape / stride / constexpr combination)
+
+
+def _arg_key(a):
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.data_ptr() % 16 == 0)
+    if a is None or isinstance(a, (bool, int, str)):
+        return a  # bool before int: True == 1, but both map to themselves here
+    if isinstance(a, float):
+        return float
+    raise TypeError  # anything else: Triton's own dispatch
+
+
+class LaunchCache:
+    """``LaunchCache(kernel)(grid, *args, **constexprs_and_options)`` launches like
+    ``kernel[grid](*args, **constexprs_and_options)``; args are the kernel's leading non-constexpr
+    parameters, in order, and every later parameter is given by keyword or has a default."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.hits = 0  # launches that skipped Triton's dispatch (tests check the fast path runs)
+        self._compiled: dict[tuple, tuple] = {}
+
+    def __call__(self, grid, *args, **meta):
+        if _INTERPRET:
+            return self.kernel[grid](*args, **meta)
+        try:
+            key = (torch.cuda.current_device(), tuple(map(_arg_key, args)), tuple(meta.items()))
+            hit = self._compiled.get(key)
+        except TypeError:  # an argument type the key does not cover, or an unhashable value
+            return self.kernel[grid](*args, **meta)
+        if hit is None:
+            compiled = self.kernel[grid](*args, **meta)
+            if len(self._compiled) >= _MAX_KEYS:
+                self._compiled.clear()
+            # the parameters after the positional ones (constexprs, defaults), as Triton binds them
+            params = self.kernel.params[len(args):]
+            tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
+            self._compiled[key] = (compiled, tail)
+            return compiled
+        compiled, tail = hit
+        self.hits += 1
+        from triton import knobs
+        from triton.runtime.driver import driver
+
+        stream = driver.active.get_current_stream(key[0])
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        all_args = args + tail
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        metadata = compiled.launch_metadata(grid, stream, *all_args) if enter is not None else None
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, metadata,
+                     enter, leave, *all_args)
+        return compiled

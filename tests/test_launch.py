@@ -1,0 +1,99 @@
+"""kernels.launch.LaunchCache: repeated launches skip Triton's dispatch and still run the binary Triton
+would pick (pointer alignment, integer values, constexprs and options all change the key).
+
+CPU: the key function, and the interpreter path (every call through ``kernel[grid]``).
+GPU: results of a small kernel against torch across every kind of key change, the fast path taken on
+repeats, and a CUDA-graph capture through the fast path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import interpret, needs_cuda
+from kernels.launch import LaunchCache, _arg_key
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() and not interpret else "cpu"
+needs_triton = pytest.mark.skipif(
+    not (interpret or torch.cuda.is_available()), reason="Triton kernels need CUDA or TRITON_INTERPRET=1"
+)
+
+
+@triton.jit
+def _scaled_copy(x, y, n, stride, a, BLOCK: tl.constexpr, ADD_ONE: tl.constexpr):
+    # y[i] = a * x[i * stride] (+ 1), i < n
+    o_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m_i = o_i < n
+    b_x = tl.load(x + o_i * stride, mask=m_i, other=0.0).to(tl.float32)
+    b_y = a * b_x
+    if ADD_ONE:
+        b_y += 1.0
+    tl.store(y + o_i, b_y.to(y.dtype.element_ty), mask=m_i)
+
+
+def _launch(cache, x, n, stride, a, BLOCK=64, ADD_ONE=False, dtype=torch.float32):
+    y = torch.full((n,), float("nan"), dtype=dtype, device=x.device)
+    cache((triton.cdiv(n, BLOCK),), x, y, n, stride, a, BLOCK=BLOCK, ADD_ONE=ADD_ONE, num_warps=4)
+    want = a * x[: n * stride : stride].float() + (1.0 if ADD_ONE else 0.0)
+    torch.testing.assert_close(y.float(), want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-6)
+    return y
+
+
+def test_arg_key_covers_what_triton_specialises():
+    t = torch.zeros(8)
+    assert _arg_key(t) == (torch.float32, True)
+    assert _arg_key(t[1:]) == (torch.float32, False)  # 4 bytes in: not 16-byte aligned
+    assert _arg_key(t[4:]) == (torch.float32, True)
+    assert _arg_key(t.to(torch.bfloat16)) == (torch.bfloat16, True)
+    for value in (None, True, False, 1, 16, 17, "x"):
+        assert _arg_key(value) == value
+    assert _arg_key(True) is True and _arg_key(1) == 1 and type(_arg_key(1)) is int
+    assert _arg_key(0.5) is float and _arg_key(2.0) is float  # floats are not specialised on value
+    with pytest.raises(TypeError):
+        _arg_key(object())
+
+
+@needs_triton
+def test_launch_cache_results_and_fast_path():
+    cache = LaunchCache(_scaled_copy)
+    x = torch.randn(300, device=DEVICE)
+    _launch(cache, x, 100, 1, 0.5)
+    _launch(cache, x, 100, 1, -2.0)  # same key (floats by type)
+    if interpret:
+        assert cache.hits == 0, "the interpreter must always take Triton's path"
+    else:
+        assert cache.hits == 1
+    # every kind of key change, each checked against torch: alignment, integer values (1 and multiples
+    # of 16 are specialised by Triton), constexprs, dtypes
+    _launch(cache, x[1:], 100, 1, 0.5)
+    _launch(cache, x, 96, 1, 0.5)
+    _launch(cache, x, 97, 2, 0.5)
+    _launch(cache, x, 16, 16, 0.5)
+    _launch(cache, x, 100, 1, 0.5, ADD_ONE=True)
+    _launch(cache, x, 100, 1, 0.5, BLOCK=32)
+    _launch(cache, x.to(torch.bfloat16), 100, 1, 0.5, dtype=torch.bfloat16)
+    hits = cache.hits
+    _launch(cache, x[1:], 100, 1, 3.0)  # repeats of keys seen above
+    _launch(cache, x, 97, 2, 0.25)
+    assert cache.hits == (hits if interpret else hits + 2)
+
+
+@needs_cuda
+def test_gpu_launch_cache_under_graph_capture():
+    cache = LaunchCache(_scaled_copy)
+    x = torch.randn(256, device="cuda")
+    y = torch.empty(256, device="cuda")
+    for _ in range(2):  # compile, then a fast-path launch before capture
+        cache((4,), x, y, 256, 1, 2.0, BLOCK=64, ADD_ONE=False)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cache((4,), x, y, 256, 1, 2.0, BLOCK=64, ADD_ONE=False)
+    x.copy_(torch.randn(256, device="cuda"))
+    y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, 2.0 * x)
