@@ -63,8 +63,8 @@ variant = kd.MERGE_VARIANTS[best]
 rows = kd.run(quick=os.environ.get("FULL", "0") != "1", variant=variant)
 res["rows"], res["variant"] = rows, variant; save()
 from gatedgen.bench.compiled import print_compiled
-print_compiled([(fn.__name__, fn) for fn in (decoding.decode_split_kernel, decoding.decode_merge_kernel,
-                                             decoding.append_kv_kernel)])
+from kernels.attn import decoding_kernels as dk
+print_compiled([(fn.__name__, fn) for fn in (dk.decode_split_kernel, dk.decode_merge_kernel, dk.append_kv_kernel)])
 print("\ncache append (9:3 heads, D=64, bf16, logits; graph-replayed us):")
 print(append_table)
 print("\npartial merge (gated unless g=no; graph-replayed us, TB/s of K+V, [NS splits]):")

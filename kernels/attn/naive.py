@@ -204,3 +204,29 @@ def rebase_gate_cache(gc_cache: torch.Tensor, cache_seqlens: torch.Tensor) -> No
     for b, length in enumerate(cache_seqlens.tolist()):
         if length > 0:
             gc_cache[b, :length] -= gc_cache[b, length - 1].clone()
+
+
+def gate_scan(
+    g: torch.Tensor, cu_seqlens: torch.Tensor | None = None, reverse: bool = False, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Running sums of g [B, T, HQ] along time within each sequence, fp32 [B, T, HQ], accumulated in fp64.
+
+    forward:  out_t = sum_{bos <= l <= t} g_l   (gc from raw log gates)
+    reverse:  out_t = sum_{t <= l < eos} g_l    (dg from the gradient of gc)
+    Sequences are the B rows, or with ``cu_seqlens`` (B = 1) the packed spans [cu[n], cu[n + 1]).
+    ``rows``, when given, is an fp32 buffer [B * HQ, TKP] (TKP >= T) whose first T columns receive the
+    sums times log2(e), one row per (batch, head): the layout the forward kernel reads key gates from.
+    """
+    B, T, HQ = g.shape
+    x = g.double().transpose(1, 2)  # [B, HQ, T]
+    out = x.flip(-1).cumsum(-1).flip(-1) if reverse else x.cumsum(-1)
+    if cu_seqlens is not None:
+        cu = cu_seqlens.long()
+        seq = torch.searchsorted(cu[1:], torch.arange(T, device=g.device), right=True)  # [T]
+        if reverse:  # drop the sums of the sequences after each token's own
+            out = out - torch.cat([out, torch.zeros_like(out[..., :1])], dim=-1)[..., cu[seq + 1]]
+        else:  # drop the sums of the sequences before
+            out = out - torch.cat([torch.zeros_like(out[..., :1]), out], dim=-1)[..., cu[seq]]
+    if rows is not None:
+        rows.view(B, HQ, -1)[..., :T] = (out * 1.4426950408889634).float()
+    return out.float().transpose(1, 2).contiguous()

@@ -45,6 +45,7 @@ import os
 import torch
 import triton
 
+from kernels.attn.gate_scan import gate_scan
 from kernels.attn.naive import _check_shapes
 from kernels.attn.parallel_bwd import (
     parallel_attn_bwd_kernel_dkdv,
@@ -94,39 +95,6 @@ def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk: int) -> torch.Tensor:
 _CHUNKS: dict[tuple, tuple[torch.Tensor, int | None, torch.Tensor]] = {}
 
 
-def _seq_bounds(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """bos and eos of the sequence each packed token belongs to ([T] int64, no host sync)."""
-    cu = cu_seqlens.long()
-    pos = torch.arange(T, device=cu.device)
-    seq = torch.searchsorted(cu[1:], pos, right=True)
-    return cu[seq], cu[seq + 1]
-
-
-def gate_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    """gc_t = sum_{l <= t} g_l per sequence, [B, T, HQ] fp32 (accumulated in fp64).
-
-    The scan runs over the innermost dimension of a [B, HQ, T] copy: torch scans a non-innermost
-    dimension with one thread per column walking T steps in series (~0.2 us a step on an H100,
-    3 ms at T = 16k, measured: it halved the gated forward), the innermost one with block scans.
-    """
-    cum = g.double().transpose(1, 2).contiguous().cumsum(-1)  # [B, HQ, T]
-    if cu_seqlens is not None:
-        bos, _ = _seq_bounds(cu_seqlens, g.shape[1])
-        cum_pad = torch.cat([torch.zeros_like(cum[..., :1]), cum], dim=-1)
-        cum = cum - cum_pad[..., bos]
-    return cum.float().transpose(1, 2).contiguous()
-
-
-def gate_reverse_cumsum(dgc: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-    """dg_l = sum_{t >= l} dgc_t within each sequence, [B, T, HQ] fp32 (accumulated in fp64)."""
-    rev = dgc.double().transpose(1, 2).flip(-1).contiguous().cumsum(-1).flip(-1)  # [B, HQ, T]
-    if cu_seqlens is not None:
-        _, eos = _seq_bounds(cu_seqlens, dgc.shape[1])
-        rev_pad = torch.cat([rev, torch.zeros_like(rev[..., :1])], dim=-1)
-        rev = rev - rev_pad[..., eos]
-    return rev.float().transpose(1, 2).contiguous()
-
-
 def _dot_prec(dtype: torch.dtype) -> str:
     # fp32 inputs get exact fp32 products (tf32 would cost ~3e-4 relative error)
     if _INTERPRET and dtype == torch.bfloat16:
@@ -170,16 +138,22 @@ def _pad16(n: int) -> int:
     return -(-n // 16) * 16
 
 
+def _rows_buffer(B: int, TK: int, HQ: int, device) -> tuple[torch.Tensor, int]:
+    """An fp32 [B * HQ, TKP] buffer for the base-2 gate rows, TKP = Tk rounded up to 16 (64-byte rows,
+    so that Triton knows the rows' alignment); the padding columns are never read (keys < Tk only;
+    the tests NaN-fill torch.empty)."""
+    TKP = _pad16(TK)
+    return torch.empty(B * HQ, TKP, dtype=torch.float32, device=device), TKP
+
+
 def _gate_rows(gc, mode: int = 1):
     """(gct, TKP, mode): the running sums in base 2 (times log2 e) as one row per (batch, head),
-    [B * HQ, TKP] fp32, TKP = Tk rounded up to 16 (64-byte rows, so that Triton knows the rows'
-    alignment). Mode 0 or no gates: (None, 0, 0)."""
+    [B * HQ, TKP] fp32. Mode 0 or no gates: (None, 0, 0). (Raw gates get their rows from the scan
+    kernel instead, in the same launch as the sums: ``_gate_sums``.)"""
     if gc is None or mode == 0:
         return None, 0, 0
     B, TK, HQ = gc.shape
-    TKP = _pad16(TK)
-    # the padding columns are never read (keys < Tk only; the tests NaN-fill torch.empty)
-    gct = torch.empty(B * HQ, TKP, dtype=torch.float32, device=gc.device)
+    gct, TKP = _rows_buffer(B, TK, HQ, gc.device)
     torch.mul(gc.transpose(1, 2), LOG2E, out=gct.view(B, HQ, TKP)[..., :TK])
     return gct, TKP, mode
 
@@ -200,8 +174,9 @@ def _fwd_kind(gated: bool, element_size: int, TK: int, varlen: bool) -> str:
     return "fwd_long" if TK >= _LONG_TK and not varlen else "fwd"
 
 
-def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
-    """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log."""
+def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
+    """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log. ``gct``: the base-2 gate rows
+    of gc when the caller has them (``_gate_sums``), else built here."""
     B, TQ, HQ, K = q.shape
     TK, H = k.shape[1], k.shape[2]
     BK = max(next_power_of_2(K), 16)
@@ -220,7 +195,10 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
-    gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
+    if gct is not None and _GATE_T:
+        TKP, common["GATE_T"] = gct.shape[1], _GATE_T
+    else:
+        gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
     if cu_seqlens is None:
         chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
         grid = (NT * B * HQ,)
@@ -236,8 +214,9 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens):
     return o, lse
 
 
-def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
-    """dq, dk, dv in the inputs' dtypes and dgc [B, TK, HQ] fp32 (None when ungated)."""
+def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens, gct=None):
+    """dq, dk, dv in the inputs' dtypes and dgc [B, TK, HQ] fp32 (None when ungated). ``gct``: the
+    forward's base-2 gate rows when it kept them, else rebuilt here."""
     B, TQ, HQ, K = q.shape
     TK, H = k.shape[1], k.shape[2]
     G = HQ // H
@@ -253,7 +232,10 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
     if TQ > 0:
         parallel_attn_bwd_kernel_preprocess[(triton.cdiv(TQ, BR) * B * HQ,)](
             o, do, lse, deltat, lset, TQ, TQP, B * HQ, HQ=HQ, K=K, BR=BR, BK=BK)
-    gct, TKP, _ = _gate_rows(gc, 1)
+    if gct is not None:
+        TKP = gct.shape[1]
+    else:
+        gct, TKP, _ = _gate_rows(gc, 1)
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -307,20 +289,26 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens):
     return dq, dk, dv, dgc
 
 
-def _gate_sums(g, gc, cu_seqlens):
-    """Running sums of the log gates per sequence: from raw gates g, or gc as given (None: ungated)."""
+def _gate_sums(g, gc, cu_seqlens, rows: bool = False):
+    """(gc, gct): running sums of the log gates per sequence, from raw gates g (one scan launch, which
+    also writes the base-2 rows gct when ``rows``) or gc as given (gct None: built where needed), or
+    (None, None) when ungated."""
     if g is not None:
-        return gate_cumsum(g, cu_seqlens)
-    return gc.float().contiguous() if gc is not None else None
+        gct = None
+        if rows:
+            gct, _ = _rows_buffer(g.shape[0], g.shape[1], g.shape[2], g.device)
+        return gate_scan(g, cu_seqlens, rows=gct), gct
+    return (gc.float().contiguous() if gc is not None else None), None
 
 
 class ParallelAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, gc, scale, cu_seqlens):
-        # g (raw gates) -> running sums per sequence; gc given directly when continuing a cache
-        gc_in = _gate_sums(g, gc, cu_seqlens)
-        o, lse = parallel_attn_fwd(q, k, v, gc_in, scale, cu_seqlens)
-        ctx.save_for_backward(q, k, v, o, gc_in, lse)
+        # g (raw gates) -> running sums per sequence; gc given directly when continuing a cache. The
+        # base-2 rows are kept for the backward (one fp32 value per (token, head), as gc)
+        gc_in, gct = _gate_sums(g, gc, cu_seqlens, rows=True)
+        o, lse = parallel_attn_fwd(q, k, v, gc_in, scale, cu_seqlens, gct)
+        ctx.save_for_backward(q, k, v, o, gc_in, lse, gct)
         ctx.scale, ctx.cu_seqlens = scale, cu_seqlens
         ctx.has_g, ctx.has_gc = g is not None, gc is not None
         ctx.g_dtype = g.dtype if g is not None else (gc.dtype if gc is not None else None)
@@ -329,9 +317,9 @@ class ParallelAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dlse):
-        q, k, v, o, gc, lse = ctx.saved_tensors
-        dq, dk, dv, dgc = parallel_attn_bwd(q, k, v, o, gc, lse, do.contiguous(), ctx.scale, ctx.cu_seqlens)
-        dg = gate_reverse_cumsum(dgc, ctx.cu_seqlens).to(ctx.g_dtype) if ctx.has_g else None
+        q, k, v, o, gc, lse, gct = ctx.saved_tensors
+        dq, dk, dv, dgc = parallel_attn_bwd(q, k, v, o, gc, lse, do.contiguous(), ctx.scale, ctx.cu_seqlens, gct)
+        dg = gate_scan(dgc, ctx.cu_seqlens, reverse=True).to(ctx.g_dtype) if ctx.has_g else None
         dgc_out = dgc.to(ctx.g_dtype) if ctx.has_gc else None
         return dq, dk, dv, dg, dgc_out, None, None
 
@@ -379,5 +367,6 @@ def parallel_attn(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, gc)):
         o, lse = ParallelAttentionFunction.apply(q, k, v, g, gc, float(scale), cu_seqlens)
     else:  # inference: the forward launcher directly, no autograd Function (~tens of us of host time)
-        o, lse = parallel_attn_fwd(q, k, v, _gate_sums(g, gc, cu_seqlens), float(scale), cu_seqlens)
+        gc_in, gct = _gate_sums(g, gc, cu_seqlens, rows=_GATE_T == 1)
+        o, lse = parallel_attn_fwd(q, k, v, gc_in, float(scale), cu_seqlens, gct)
     return (o, lse) if return_lse else o
