@@ -1,7 +1,7 @@
 """Launch a ``@triton.jit`` kernel with less host work per call than ``kernel[grid](...)``.
 
 Why: small decode steps are bound by the host when they are not replayed from a CUDA graph. On the
-H100 machine (2026-11-25) an eager ``decode_attn`` at 1 x 4096 cost 68 us of host time per call, of
+H100 machine (2026-11-24) an eager ``decode_attn`` at 1 x 4096 cost 68 us of host time per call, of
 which Triton's dispatch (binding and specialising ~30 arguments, the cache key, the globals check) was
 about a third, against 13 us of kernel time.
 

@@ -4,7 +4,7 @@ and in the backward the reverse sums that turn d(gc) into d(g).
 
 Why a kernel: in torch this was five to seven launches (fp64 cast, transposed copies, scan, casts, the
 rows' multiply): 37 us of the 339 us gated forward at B = 16, T = 1k, 16x128 on the H100 (11%), and as
-much again in the backward (2026-11-25, torch profiler).
+much again in the backward (2026-11-24, torch profiler).
 
 ``gate_scan_kernel``, grid (chunks, head blocks): a program owns BT tokens of one sequence for BH query
 heads. It first sums, in fp64, all the gates of its sequence before the chunk (after it, reversed),
