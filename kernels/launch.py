@@ -31,8 +31,10 @@ _MAX_KEYS = 4096  # per kernel; a full cache is emptied (a key is a shape / stri
 def _arg_key(a):
     if isinstance(a, torch.Tensor):
         return (a.dtype, a.data_ptr() % 16 == 0)
-    if a is None or isinstance(a, (bool, int, str)):
-        return a  # bool before int: True == 1, but both map to themselves here
+    if isinstance(a, bool):  # tagged: True == 1 as dict keys, but Triton types a bool i1 and an int i32
+        return (bool, a)
+    if a is None or isinstance(a, (int, str)):
+        return a
     if isinstance(a, float):
         return float
     raise TypeError  # anything else: Triton's own dispatch
