@@ -10,8 +10,8 @@ much again in the backward (2026-11-24, torch profiler).
 heads. It first sums, in fp64, all the gates of its sequence before the chunk (after it, reversed),
 reading them in [BP, BH] tiles: O(L^2 / BT) reads per sequence of length L, all from L2 after the first
 touch and small next to attention's O(L^2 D) work. Then it scans its own chunk in fp64 (``tl.cumsum``)
-on top of that sum and stores the fp32 result and, if asked, the result times log2(e) transposed into the
-[B * HQ, TKP] rows. The sums are tree sums per tile, not the reference's sequential order, so results
+on top of that sum and stores the fp32 result and, if asked, that fp32 result times log2(e) (in fp32)
+transposed into the [B * HQ, TKP] rows. The sums are tree sums per tile, not the reference's sequential order, so results
 agree with it to fp64 rounding before the final fp32 cast (tests: relative 1e-6 of the sums' scale).
 Packed batches take (sequence, chunk) pairs from ``prepare_chunk_indices``, as the attention kernels.
 """
@@ -70,11 +70,14 @@ def gate_scan_kernel(
     m_th = (o_t < t1)[:, None] & m_h[None, :]
     b_g = tl.load(g + o_t[:, None] * HQ + o_h[None, :], mask=m_th, other=0.0).to(tl.float64)
     b_s = tl.cumsum(b_g, 0, reverse=REVERSE) + b_base[None, :]  # [BT, BH]
-    tl.store(out + o_t[:, None] * HQ + o_h[None, :], b_s.to(tl.float32), mask=m_th)
+    b_o = b_s.to(tl.float32)
+    tl.store(out + o_t[:, None] * HQ + o_h[None, :], b_o, mask=m_th)
     if WRITE_ROWS:
-        # row (b, head), column = position within the row's [T] axis (packed position when varlen)
+        # row (b, head), column = position within the row's [T] axis (packed position when varlen).
+        # From the stored fp32 sums, in fp32: the forward kernel scales gc by log2(e) the same way, so
+        # a position's row value and its in-kernel value agree to the bit
         p_r = rows + (i_b * HQ + o_h)[None, :] * TKP + (o_t - i_b * T)[:, None]
-        tl.store(p_r, (b_s * LOG2E).to(tl.float32), mask=m_th)
+        tl.store(p_r, b_o * LOG2E, mask=m_th)
 
 
 def gate_scan(

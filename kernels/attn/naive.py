@@ -215,7 +215,7 @@ def gate_scan(
     reverse:  out_t = sum_{t <= l < eos} g_l    (dg from the gradient of gc)
     Sequences are the B rows, or with ``cu_seqlens`` (B = 1) the packed spans [cu[n], cu[n + 1]).
     ``rows``, when given, is an fp32 buffer [B * HQ, TKP] (TKP >= T) whose first T columns receive the
-    sums times log2(e), one row per (batch, head): the layout the forward kernel reads key gates from.
+    fp32 sums times log2(e), one row per (batch, head): the layout the forward kernel reads key gates from.
     """
     B, T, HQ = g.shape
     x = g.double().transpose(1, 2)  # [B, HQ, T]
@@ -227,6 +227,7 @@ def gate_scan(
             out = out - torch.cat([out, torch.zeros_like(out[..., :1])], dim=-1)[..., cu[seq + 1]]
         else:  # drop the sums of the sequences before
             out = out - torch.cat([torch.zeros_like(out[..., :1]), out], dim=-1)[..., cu[seq]]
-    if rows is not None:
-        rows.view(B, HQ, -1)[..., :T] = (out * 1.4426950408889634).float()
-    return out.float().transpose(1, 2).contiguous()
+    out = out.float()
+    if rows is not None:  # from the fp32 sums, in fp32 (as the forward kernel scales gc)
+        torch.mul(out, 1.4426950408889634, out=rows.view(B, HQ, -1)[..., :T])
+    return out.transpose(1, 2).contiguous()
