@@ -105,6 +105,23 @@ def test_gate_scan_packed_sequences(reverse):
     _check(naive.gate_scan(g, cu, reverse=reverse, rows=ref_rows), want, ref_rows, want_rows, T)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gate_scan_packed_sequences_stay_separate(reverse):
+    # a NaN gradient in one packed sequence must not reach the others' sums (a scan over the whole
+    # packed row followed by a subtraction, as torch did before the kernel, spreads it)
+    gen = torch.Generator().manual_seed(seed := torch.seed() % 2**31)
+    print(f"seed={seed}")
+    lens, HQ = [300, 5, 600], 3
+    cu = torch.tensor([0, 300, 305, 905], dtype=torch.int32, device=DEVICE)
+    g = _gates(1, sum(lens), HQ, gen, "typical")
+    g[0, 302, 1] = float("nan")
+    out = gs.gate_scan(g, cu, reverse=reverse)
+    want, _ = _want(g, cu, reverse)
+    for s0, s1 in [(0, 300), (305, 905)]:
+        _check(out[:, s0:s1], want[:, s0:s1])
+    assert torch.isnan(out[0, 300:305, 1]).any()
+
+
 def test_gate_scan_checks_rows():
     g = torch.zeros(2, 10, 3, device=DEVICE)
     with pytest.raises(ValueError, match="rows"):

@@ -213,21 +213,24 @@ def gate_scan(
 
     forward:  out_t = sum_{bos <= l <= t} g_l   (gc from raw log gates)
     reverse:  out_t = sum_{t <= l < eos} g_l    (dg from the gradient of gc)
-    Sequences are the B rows, or with ``cu_seqlens`` (B = 1) the packed spans [cu[n], cu[n + 1]).
-    ``rows``, when given, is an fp32 buffer [B * HQ, TKP] (TKP >= T) whose first T columns receive the
-    fp32 sums times log2(e), one row per (batch, head): the layout the forward kernel reads key gates from.
+    Sequences are the B rows, or with ``cu_seqlens`` (B = 1) the packed spans [cu[n], cu[n + 1]), each
+    summed on its own (a non-finite value stays in its sequence). ``rows``, when given, is an fp32
+    buffer [B * HQ, TKP] (TKP >= T) whose first T columns receive the fp32 sums times log2(e), one row
+    per (batch, head): the layout the forward kernel reads key gates from.
     """
     B, T, HQ = g.shape
-    x = g.double().transpose(1, 2)  # [B, HQ, T]
-    out = x.flip(-1).cumsum(-1).flip(-1) if reverse else x.cumsum(-1)
-    if cu_seqlens is not None:
-        cu = cu_seqlens.long()
-        seq = torch.searchsorted(cu[1:], torch.arange(T, device=g.device), right=True)  # [T]
-        if reverse:  # drop the sums of the sequences after each token's own
-            out = out - torch.cat([out, torch.zeros_like(out[..., :1])], dim=-1)[..., cu[seq + 1]]
-        else:  # drop the sums of the sequences before
-            out = out - torch.cat([torch.zeros_like(out[..., :1]), out], dim=-1)[..., cu[seq]]
+
+    def scan(x):  # along dim 1, fp64
+        return x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)
+
+    if cu_seqlens is None:
+        out = scan(g.double())
+    else:
+        out = torch.zeros(B, T, HQ, dtype=torch.float64, device=g.device)
+        bounds = cu_seqlens.tolist()
+        for bos, eos in zip(bounds[:-1], bounds[1:]):
+            out[:, bos:eos] = scan(g[:, bos:eos].double())
     out = out.float()
     if rows is not None:  # from the fp32 sums, in fp32 (as the forward kernel scales gc)
-        torch.mul(out, 1.4426950408889634, out=rows.view(B, HQ, -1)[..., :T])
-    return out.transpose(1, 2).contiguous()
+        torch.mul(out.transpose(1, 2), 1.4426950408889634, out=rows.view(B, HQ, -1)[..., :T])
+    return out
