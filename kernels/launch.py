@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 
 import torch
+from triton import knobs
+from triton.runtime.driver import driver
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _MAX_KEYS = 4096  # per kernel; a full cache is emptied (a key is a shape / stride / constexpr combination)
@@ -69,9 +71,6 @@ class LaunchCache:
             return compiled
         compiled, tail = hit
         self.hits += 1
-        from triton import knobs
-        from triton.runtime.driver import driver
-
         stream = driver.active.get_current_stream(key[0])
         grid = tuple(grid) + (1,) * (3 - len(grid))
         all_args = args + tail

@@ -54,9 +54,7 @@ from kernels.attn.parallel_bwd import (
 )
 from kernels.attn.parallel_fwd import parallel_attn_fwd_kernel
 from kernels.attn.parallel_tuning import _AUTOTUNE, _blocks, _dkdv_tuned, _dq_tuned, _fwd_tuned
-from kernels.utils import fix_triton_interpreter_index, next_power_of_2
-
-LOG2E = 1.4426950408889634
+from kernels.utils import LOG2E, fix_triton_interpreter_index, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if _INTERPRET:
@@ -146,15 +144,18 @@ def _rows_buffer(B: int, TK: int, HQ: int, device) -> tuple[torch.Tensor, int]:
     return torch.empty(B * HQ, TKP, dtype=torch.float32, device=device), TKP
 
 
-def _gate_rows(gc, mode: int = 1):
+def _gate_rows(gc, mode: int = 1, gct=None):
     """(gct, TKP, mode): the running sums in base 2 (times log2 e) as one row per (batch, head),
-    [B * HQ, TKP] fp32. Mode 0 or no gates: (None, 0, 0). (Raw gates get their rows from the scan
-    kernel instead, in the same launch as the sums: ``_gate_sums``.)"""
+    [B * HQ, TKP] fp32: ``gct`` when the caller has them (raw gates get their rows from the scan
+    kernel, in the same launch as the sums: ``_gate_sums``), else built from gc. Mode 0 or no gates:
+    (None, 0, 0)."""
     if gc is None or mode == 0:
         return None, 0, 0
+    if gct is not None:
+        return gct, gct.shape[1], mode
     B, TK, HQ = gc.shape
     gct, TKP = _rows_buffer(B, TK, HQ, gc.device)
-    torch.mul(gc.transpose(1, 2), LOG2E, out=gct.view(B, HQ, TKP)[..., :TK])
+    torch.mul(gc.transpose(1, 2), LOG2E.value, out=gct.view(B, HQ, TKP)[..., :TK])
     return gct, TKP, mode
 
 
@@ -195,10 +196,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)
     common["USE_TMA"] = desc_k is not None
-    if gct is not None and _GATE_T:
-        TKP, common["GATE_T"] = gct.shape[1], _GATE_T
-    else:
-        gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T)
+    gct, TKP, common["GATE_T"] = _gate_rows(gc, _GATE_T, gct)
     if cu_seqlens is None:
         chunks, NT = None, triton.cdiv(TQ, cfg["BT"])
         grid = (NT * B * HQ,)
@@ -232,10 +230,7 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens, gct=Non
     if TQ > 0:
         parallel_attn_bwd_kernel_preprocess[(triton.cdiv(TQ, BR) * B * HQ,)](
             o, do, lse, deltat, lset, TQ, TQP, B * HQ, HQ=HQ, K=K, BR=BR, BK=BK)
-    if gct is not None:
-        TKP = gct.shape[1]
-    else:
-        gct, TKP, _ = _gate_rows(gc, 1)
+    gct, TKP, _ = _gate_rows(gc, 1, gct)
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
