@@ -92,15 +92,13 @@ CASES = [
 ]
 
 
-# NS = 1 writes the output directly; NS > 1 merges in a second kernel or in the last split program;
-# a program reads a contiguous slice of [0, L) or every NS-th block from block i_s ("strided")
-SPLIT_MERGE = [(1, "kernel", "contiguous"), (7, "kernel", "contiguous"), (7, "fused", "contiguous"),
-               (1, "kernel", "strided"), (7, "fused", "strided")]
+# NS = 1 writes the output directly; NS > 1 merges in a second kernel or in the last split program
+SPLIT_MERGE = [(1, "kernel"), (7, "kernel"), (7, "fused")]
 
 
 @pytest.mark.parametrize("dtype,D,HQ,H,Tq,gated", CASES)
-@pytest.mark.parametrize("splits,merge,layout", SPLIT_MERGE)
-def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits, merge, layout):
+@pytest.mark.parametrize("splits,merge", SPLIT_MERGE)
+def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits, merge):
     gen, seed = _seed()
     B, Tmax = 3, 53
     mid = int(torch.randint(Tq + 1, Tmax, (1,), generator=gen))
@@ -109,7 +107,7 @@ def test_decode_matches_reference(dtype, D, HQ, H, Tq, gated, splits, merge, lay
     q = torch.randn(B, Tq, HQ, D, generator=gen).to(dtype).to(DEVICE)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     # 7 slices of 53 keys in blocks of 16: some slices lie past a length (neutral partials)
-    o = _run(q, k, v, gc, seqlens, splits=splits, block_s=16, merge=merge, layout=layout)
+    o = _run(q, k, v, gc, seqlens, splits=splits, block_s=16, merge=merge)
     assert o.dtype == dtype
     err = rel_err(o, _reference(q, k, v, gc, seqlens))
     assert err < TOL[dtype], f"rel err {err:.2e} seed={seed} lens={lens}"
@@ -147,8 +145,8 @@ def test_default_launch_and_dispatch_names():
 
 
 @pytest.mark.parametrize("Tq", [1, 3])
-@pytest.mark.parametrize("merge,layout", [("kernel", "contiguous"), ("fused", "contiguous"), ("fused", "strided")])
-def test_fully_forgotten_history(Tq, merge, layout):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_fully_forgotten_history(Tq, merge):
     # gates of -1e4: every query sees only its own value
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 2, 45, 8, 2, 64
@@ -160,20 +158,20 @@ def test_fully_forgotten_history(Tq, merge, layout):
     gc = gc.to(DEVICE)
     q = torch.randn(B, Tq, HQ, D, generator=gen).to(torch.bfloat16).to(DEVICE)
     seqlens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, merge=merge, layout=layout)
+    o = _run(q, k, v, gc, seqlens, splits=3, block_s=16, merge=merge)
     own = torch.stack([v[b, n - Tq : n] for b, n in enumerate(lens)]).repeat_interleave(HQ // H, dim=2)
     assert rel_err(o, own) < 1e-6, f"seed={seed}"
 
 
-@pytest.mark.parametrize("merge,layout", [("kernel", "contiguous"), ("fused", "contiguous"), ("fused", "strided")])
-def test_length_one(merge, layout):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_length_one(merge):
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 2, 16, 4, 1, 100
     k, v, gc = _cache(B, Tmax, HQ, H, D, torch.float16, [1, 1], True, gen)
     q = torch.randn(B, 1, HQ, D, generator=gen).half().to(DEVICE)
     seqlens = torch.ones(B, dtype=torch.int32, device=DEVICE)
     # every slice but the first is past the length: NS - 1 neutral partials
-    o = _run(q, k, v, gc, seqlens, splits=4, block_s=16, merge=merge, layout=layout)
+    o = _run(q, k, v, gc, seqlens, splits=4, block_s=16, merge=merge)
     assert rel_err(o, v[:, :1].expand(B, 1, HQ, D)) < 1e-6, f"seed={seed}"
 
 
@@ -214,9 +212,6 @@ def test_merge_mode_is_checked():
     with pytest.raises(ValueError, match="merge"):
         decoding._decode_attn(q, kv, kv, None, torch.ones(1, dtype=torch.int32, device=DEVICE), merge="both")
     assert decoding.MERGE in decoding.MERGE_MODES
-    with pytest.raises(ValueError, match="split layout"):
-        decoding._decode_attn(q, kv, kv, None, torch.ones(1, dtype=torch.int32, device=DEVICE), layout="ragged")
-    assert decoding.SPLIT_LAYOUT in decoding.SPLIT_LAYOUTS
 
 
 def test_cached_plans_still_check_and_follow_the_inputs():
@@ -372,21 +367,20 @@ def test_rebase_keeps_outputs_and_centres_recent_entries():
     [(1, 32768, 128, 1), (8, 8192, 128, 1), (3, 4096, 128, 16), (2, 2048, 256, 3), (4, 3000, 100, 1)],
 )
 @pytest.mark.parametrize("gated", [True, False])
-@pytest.mark.parametrize("merge,layout", [("kernel", "contiguous"), ("fused", "contiguous"), ("fused", "strided")])
-def test_gpu_real_shapes_ragged_deterministic(B, T, D, Tq, gated, merge, layout):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_gpu_real_shapes_ragged_deterministic(B, T, D, Tq, gated, merge):
     gen, seed = _seed()
     HQ, H = 32, 8
     lens = [T] + [int(x) for x in torch.randint(Tq, T, (B - 1,), generator=gen)]
     k, v, gc = _cache(B, T, HQ, H, D, torch.bfloat16, lens, gated, gen)
     q = torch.randn(B, Tq, HQ, D, generator=gen).bfloat16().cuda()
     seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    o = decoding._decode_attn(q, k, v, gc, seqlens, merge=merge, layout=layout)
+    o = decoding._decode_attn(q, k, v, gc, seqlens, merge=merge)
     gcf = gc.float() if gated else None
     ref = naive.decode_attn(q.float(), k.float(), v.float(), gcf, cache_seqlens=seqlens)
     err = rel_err(o, ref)
     assert err < TOL[torch.bfloat16], f"rel err {err:.2e} seed={seed} lens={lens}"
-    again = decoding._decode_attn(q, k, v, gc, seqlens, merge=merge, layout=layout)
-    assert torch.equal(o, again), "not deterministic"
+    assert torch.equal(o, decoding._decode_attn(q, k, v, gc, seqlens, merge=merge)), "not deterministic"
     assert (decoding.merge_counters(q.device, B * H) == 0).all()
 
 
@@ -436,8 +430,8 @@ def _capture(fn):
 
 
 @needs_cuda
-@pytest.mark.parametrize("merge,layout", [("kernel", "contiguous"), ("fused", "contiguous"), ("fused", "strided")])
-def test_cuda_graph_replay_as_lengths_grow(merge, layout):
+@pytest.mark.parametrize("merge", ["kernel", "fused"])
+def test_cuda_graph_replay_as_lengths_grow(merge):
     gen, seed = _seed()
     B, Tmax, HQ, H, D = 2, 8192, 32, 8, 128
     k, v, gc = _cache(B, Tmax, HQ, H, D, torch.bfloat16, [Tmax, Tmax], True, gen)
@@ -445,7 +439,7 @@ def test_cuda_graph_replay_as_lengths_grow(merge, layout):
     seqlens = torch.tensor([1, 300], dtype=torch.int32, device="cuda")
 
     def step():
-        return decoding._decode_attn(q, k, v, gc, seqlens, merge=merge, layout=layout)
+        return decoding._decode_attn(q, k, v, gc, seqlens, merge=merge)
 
     replay = _capture(step)
     for step_len in [0, 1, 200, 3000, 4000]:

@@ -47,16 +47,13 @@ VARIANTS = {
 # partial merge: second kernel vs fused (the module default decides what "default" above means)
 MERGE_SHAPES = [(1, 4096), (1, 32768), (1, 131072), (8, 8192), (32, 4096)]
 MERGE_VARIANTS = {
-    "fused": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves"},  # the 2026-11-24 default
-    "strided": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "layout": "strided"},
+    "fused-ceil": {"merge": "fused", "programs_per_sm": 1, "split_rule": "ceil"},  # the 2026-11-24 default
+    "fused": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves"},
     "kernel": {"merge": "kernel", "programs_per_sm": 1, "split_rule": "waves"},
     "fused-pps2": {"merge": "fused", "programs_per_sm": 2, "split_rule": "waves"},
-    "strided-pps2": {"merge": "fused", "programs_per_sm": 2, "split_rule": "waves", "layout": "strided"},
-    "strided-s4": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "layout": "strided",
-                   "num_stages": 4},
-    # the first two again: how far identical launches differ within one run (noise)
-    "fused-again": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves"},
-    "strided-again": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "layout": "strided"},
+    "fused-s4": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "num_stages": 4},
+    "fused-bs128w8": {"merge": "fused", "programs_per_sm": 1, "split_rule": "waves", "block_s": 128,
+                      "num_warps": 8},
 }
 
 

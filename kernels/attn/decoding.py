@@ -94,10 +94,6 @@ SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (
 # last split program of each (b, KV head) merges, one launch); "fused" won the H100 sweep (notes)
 MERGE_MODES = ("kernel", "fused")
 MERGE = os.environ.get("GATEDGEN_DECODE_MERGE", "fused")
-# which blocks a split program reads: "contiguous" (split i_s takes the i_s-th of NS slices of [0, L)) or
-# "strided" (blocks i_s, i_s + NS, ...: the first block is requested before L arrives)
-SPLIT_LAYOUTS = ("contiguous", "strided")
-SPLIT_LAYOUT = os.environ.get("GATEDGEN_DECODE_SPLITS", "contiguous")
 MERGE_TILE = 8192  # elements of the fused merge's [rows, slices, D] tile (64 fp32 registers per thread)
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -190,7 +186,7 @@ _MERGE_KERNEL = LaunchCache(decode_merge_kernel)
 
 
 def _plan(q, k_cache, v_cache, gc_cache, cache_seqlens, splits, block_s, num_warps, num_stages, use_dot,
-          programs_per_sm, merge, split_rule, layout) -> _Plan:
+          programs_per_sm, merge, split_rule) -> _Plan:
     B, Tq, HQ, H, D = _check(q, k_cache, v_cache, gc_cache, cache_seqlens)
     Tmax, G = k_cache.shape[1], HQ // H
     M = Tq * G
@@ -215,16 +211,13 @@ def _plan(q, k_cache, v_cache, gc_cache, cache_seqlens, splits, block_s, num_war
     if merge not in MERGE_MODES:
         raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
     fuse = merge == "fused" and NS > 1
-    layout = layout or SPLIT_LAYOUT
-    if layout not in SPLIT_LAYOUTS:
-        raise ValueError(f"split layout must be one of {SPLIT_LAYOUTS}, got {layout!r}")
     MR = next_power_of_2(M)
     meta = dict(
         TQ=Tq, H=H, HQ=HQ, G=G, D=D, NS=NS, BM=BM, BS=block_s, BD=BD,
         USE_G=gc_cache is not None, USE_DOT=use_dot,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FUSE_MERGE=fuse, MR=MR, BNS=max(1, min(next_power_of_2(NS), MERGE_TILE // (MR * BD))),
-        INTERPRET=INTERPRET, STRIDED=layout == "strided", num_warps=num_warps, num_stages=num_stages,
+        INTERPRET=INTERPRET, num_warps=num_warps, num_stages=num_stages,
     )
     two_kernels = NS > 1 and not fuse
     return _Plan(
@@ -257,11 +250,9 @@ def _decode_attn(
     merge=None,
     counters=None,
     split_rule=None,
-    layout=None,
 ):
     """decode_attn with its launch choices exposed (tests and the bench set them). ``merge``: one of
-    MERGE_MODES (default MERGE); ``counters``: int32 zeros, >= B * H, for the fused merge; ``layout``:
-    one of SPLIT_LAYOUTS (default SPLIT_LAYOUT).
+    MERGE_MODES (default MERGE); ``counters``: int32 zeros, >= B * H, for the fused merge.
 
     The launch plan (checks, split count, constexprs) is computed once per key of shapes, strides,
     dtypes, devices, launch choices and module settings, and the kernel is launched through
@@ -271,13 +262,13 @@ def _decode_attn(
         q.shape, q.dtype, q.stride(), q.device, k_cache.shape, k_cache.dtype, k_cache.stride(),
         v_cache.shape, v_cache.dtype, v_cache.stride(), gc_key,
         None if cache_seqlens is None else cache_seqlens.shape,
-        splits, block_s, num_warps, num_stages, use_dot, programs_per_sm, merge, split_rule, layout,
-        MERGE, SPLIT_LAYOUT, PROGRAMS_PER_SM, SPLIT_RULE, SMALL_TILE_DOT, MERGE_TILE, MAX_SPLITS, SPLIT_OVERHEAD, MERGE_BLOCK,
+        splits, block_s, num_warps, num_stages, use_dot, programs_per_sm, merge, split_rule,
+        MERGE, PROGRAMS_PER_SM, SPLIT_RULE, SMALL_TILE_DOT, MERGE_TILE, MAX_SPLITS, SPLIT_OVERHEAD, MERGE_BLOCK,
     )
     plan = _PLANS.get(key)
     if plan is None:
         plan = _plan(q, k_cache, v_cache, gc_cache, cache_seqlens, splits, block_s, num_warps, num_stages,
-                     use_dot, programs_per_sm, merge, split_rule, layout)
+                     use_dot, programs_per_sm, merge, split_rule)
         if len(_PLANS) >= 4096:
             _PLANS.clear()
         _PLANS[key] = plan

@@ -11,12 +11,16 @@ from kernels.utils import LOG2E, pdl_release, pdl_wait
 
 
 @triton.jit
-def _load_block(i_k, lim, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, HQ: tl.constexpr, D: tl.constexpr,
-                BS: tl.constexpr, BD: tl.constexpr, USE_G: tl.constexpr):
-    """K and V [BS, BD] of keys i_k + [0, BS) below lim (0 beyond), and with USE_G their running gate
-    sums [BM, BS] for the query rows m_m (natural log; 0 where masked)."""
+def _attend_block(
+    i_k, end, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
+    b_m, b_acc, b_o,
+    HQ: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
+    USE_G: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """One [BS, D] block of keys/values for all BM query rows: online softmax update in log2 units."""
     o_k = i_k + tl.arange(0, BS)
-    m_k = o_k < lim
+    m_k = o_k < end
     # [BS, BD]; with D a power of two the mask is constant along D, so the loads stay 16 bytes wide
     if BD == D:
         m_kv = m_k[:, None]
@@ -24,22 +28,6 @@ def _load_block(i_k, lim, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, HQ: tl
         m_kv = m_k[:, None] & m_d[None, :]
     b_k = tl.load(p_k + o_k[:, None].to(tl.int64) * stride_kt, mask=m_kv, other=0.0)
     b_v = tl.load(p_v + o_k[:, None].to(tl.int64) * stride_vt, mask=m_kv, other=0.0)
-    b_gk = 0.0
-    if USE_G:
-        b_gk = tl.load(p_gc[:, None] + o_k[None, :] * HQ, mask=m_m[:, None] & m_k[None, :], other=0.0)
-    return b_k, b_v, b_gk
-
-
-@triton.jit
-def _fold_block(
-    i_k, end, b_k, b_v, b_gk, b_q, b_gq, pos_q, qk_scale, b_m, b_acc, b_o,
-    BS: tl.constexpr, USE_G: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    """Online softmax update (log2 units) of all BM query rows with one block of keys i_k + [0, BS):
-    the keys below end that each row may see (key j <= the row's position pos_q)."""
-    o_k = i_k + tl.arange(0, BS)
-    m_k = o_k < end
     # [BM, BS]
     if USE_DOT:
         if INTERPRET:  # the CPU interpreter's bf16 tl.dot is wrong: multiply the same values in fp32
@@ -50,6 +38,7 @@ def _fold_block(
         b_s = tl.sum(b_q[:, None, :].to(tl.float32) * b_k[None, :, :].to(tl.float32), 2)
     b_s = b_s * qk_scale
     if USE_G:
+        b_gk = tl.load(p_gc[:, None] + o_k[None, :] * HQ, mask=m_m[:, None] & m_k[None, :], other=0.0)
         b_s += b_gq[:, None] - b_gk * LOG2E
     b_s = tl.where((o_k[None, :] <= pos_q[:, None]) & m_k[None, :], b_s, float("-inf"))
 
@@ -68,20 +57,6 @@ def _fold_block(
         b_pv = tl.sum(b_p[:, :, None] * b_v[None, :, :].to(tl.float32), 1)
     b_o = b_o * b_r[:, None] + b_pv
     return b_m_new, b_acc, b_o
-
-
-@triton.jit
-def _attend_block(
-    i_k, end, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
-    b_m, b_acc, b_o,
-    HQ: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr,
-    USE_G: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    """One [BS, D] block of keys/values for all BM query rows: load, then fold in (``_fold_block``)."""
-    b_k, b_v, b_gk = _load_block(i_k, end, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, HQ, D, BS, BD, USE_G)
-    return _fold_block(i_k, end, b_k, b_v, b_gk, b_q, b_gq, pos_q, qk_scale, b_m, b_acc, b_o, BS, USE_G, USE_DOT,
-                       DOT_PRECISION, INTERPRET)
 
 
 @triton.jit
@@ -160,7 +135,6 @@ def decode_split_kernel(
     BNS: tl.constexpr,
     INTERPRET: tl.constexpr,
     USE_PDL: tl.constexpr = False,
-    STRIDED: tl.constexpr = False,
 ):
     # KV head fastest: programs running together read the same tokens of neighbouring heads (one
     # DRAM stretch of H * D elements per token) and share the gate sectors of gc[b, t, :]
@@ -168,6 +142,10 @@ def decode_split_kernel(
     pdl_release(USE_PDL)  # PDL: the next kernel may be scheduled; everything here waits for the last one
     pdl_wait(USE_PDL)
     L = tl.load(cache_seqlens + i_b).to(tl.int32)
+    # slice i_s of [0, L): NS slices of whole BS-blocks
+    n_chunk = tl.cdiv(tl.cdiv(L, NS), BS) * BS
+    start = i_s * n_chunk
+    end = tl.minimum(start + n_chunk, L)
 
     # query rows r = t * G + g of this KV head
     o_m = tl.arange(0, BM)
@@ -178,61 +156,26 @@ def decode_split_kernel(
     m_d = o_d < D
     # row index into [B, Tq, HQ]
     i_row = (i_b * TQ + i_t).to(tl.int64) * HQ + i_hq
-    p_k = k + i_b.to(tl.int64) * stride_kb + i_h * D + o_d[None, :]
-    p_v = v + i_b.to(tl.int64) * stride_vb + i_h * D + o_d[None, :]
-    p_gc = gc
-    if USE_G:
-        p_gc = gc + i_b.to(tl.int64) * Tmax * HQ + i_hq  # [BM], + key position * HQ
-
-    if STRIDED:
-        # blocks i_s, i_s + NS, i_s + 2 NS, ... of [0, L): the first block's address does not depend on
-        # L, so its keys, values, gate sums and the queries are requested before L arrives (one memory
-        # round trip less in the chain; blocks past L, at most one per program, are read and unused)
-        b_q = tl.load(q + i_row[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
-        b_k0, b_v0, b_gk0 = _load_block(i_s * BS, Tmax, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, HQ, D,
-                                        BS, BD, USE_G)
-        start = i_s * BS
-    else:
-        # slice i_s of [0, L): NS slices of whole BS-blocks
-        n_chunk = tl.cdiv(tl.cdiv(L, NS), BS) * BS
-        start = i_s * n_chunk
-        end = tl.minimum(start + n_chunk, L)
 
     if start < L:
         pos_q = L - TQ + i_t  # [BM]
-        if not STRIDED:
-            b_q = tl.load(q + i_row[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+        p_q = q + i_row[:, None] * D + o_d[None, :]
+        b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
         if USE_G:
             p_gq = gc + (i_b.to(tl.int64) * Tmax + pos_q) * HQ + i_hq
             b_gq = tl.load(p_gq, mask=m_m, other=0.0).to(tl.float32) * LOG2E
+            p_gc = gc + i_b.to(tl.int64) * Tmax * HQ + i_hq  # [BM], + key position * HQ
         else:
             b_gq = tl.zeros([BM], dtype=tl.float32)
+            p_gc = gc
+        p_k = k + i_b.to(tl.int64) * stride_kb + i_h * D + o_d[None, :]
+        p_v = v + i_b.to(tl.int64) * stride_vb + i_h * D + o_d[None, :]
 
         b_m = tl.full([BM], float("-inf"), dtype=tl.float32)
         b_acc = tl.zeros([BM], dtype=tl.float32)
         b_o = tl.zeros([BM, BD], dtype=tl.float32)
-        if STRIDED:
-            # the first block was read up to Tmax: values past L (stale or never written) leave the
-            # product p @ v only as zeros (their scores are -inf, but 0 * nan would still be nan)
-            b_v0 = tl.where((start + tl.arange(0, BS) < L)[:, None], b_v0, 0.0)
-            b_m, b_acc, b_o = _fold_block(start, L, b_k0, b_v0, b_gk0, b_q, b_gq, pos_q, qk_scale, b_m, b_acc, b_o,
-                                          BS, USE_G, USE_DOT, DOT_PRECISION, INTERPRET)
-            if INTERPRET:
-                # the CPU interpreter (numpy >= 2) cannot use a loaded value as a range() bound
-                i_k = start + NS * BS
-                while i_k < L:
-                    b_m, b_acc, b_o = _attend_block(
-                        i_k, L, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
-                        b_m, b_acc, b_o, HQ, D, BS, BD, USE_G, USE_DOT, DOT_PRECISION, INTERPRET,
-                    )
-                    i_k += NS * BS
-            else:
-                for i_k in range(start + NS * BS, L, NS * BS):
-                    b_m, b_acc, b_o = _attend_block(
-                        i_k, L, b_q, b_gq, pos_q, m_m, m_d, p_k, p_v, p_gc, stride_kt, stride_vt, qk_scale,
-                        b_m, b_acc, b_o, HQ, D, BS, BD, USE_G, USE_DOT, DOT_PRECISION, INTERPRET,
-                    )
-        elif INTERPRET:
+        if INTERPRET:
+            # the CPU interpreter (numpy >= 2) cannot use a loaded value as a range() bound
             i_k = start
             while i_k < end:
                 b_m, b_acc, b_o = _attend_block(
