@@ -239,9 +239,11 @@ def bench_generate(configs, model_dir, batches, prompt_len, new_tokens, prefill_
 @bench.command("kernels")
 @click.option("--part", type=click.Choice(["prefill", "decode", "all"]), default="all", show_default=True)
 @click.option("--quick", is_flag=True, help="Fewer shapes (a smoke run).")
+@click.option("--layers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also time decode as a model runs it: this many layers' calls back to back in one graph.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_guarded
-def bench_kernels(part, quick, debug):
+def bench_kernels(part, quick, layers, debug):
     """Attention kernels (TFLOP/s, TB/s) beside fla and torch SDPA, measured in the same run."""
     import torch
 
@@ -257,6 +259,10 @@ def bench_kernels(part, quick, debug):
         from gatedgen.bench import kernels_decode
 
         click.echo(kernels_decode.format_table(kernels_decode.run(quick=quick)))
+        if layers:
+            from gatedgen.bench import decode_stream
+
+            click.echo(decode_stream.format_table(decode_stream.run(layers)))
 
 
 def _no_graph(ctx, param, value):
