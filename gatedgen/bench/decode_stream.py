@@ -7,10 +7,11 @@ decode attention of every layer in a row, each against its own cache; with progr
 launch (our kernels, inside graphs) a kernel's launch overlaps the end of the one before. This
 benchmark builds that: ``layers`` distinct caches (same shapes as docs/peers: bf16, HQ=32, H=8, D=128,
 one new token per sequence, full caches), one graph of ``layers`` decode calls, timed with do_bench
-(L2 cleared before each replay, not between layers), reported per layer. SDPA (no gate) runs the
-same way in its own graph. Nothing else of the model runs between the calls, so this is the
-attention's share of a step, not a whole step (``gatedgen bench generate`` times those).
-Run: ``python -m gatedgen.bench.decode_stream [--layers 8]``.
+(L2 cleared before each replay, not between layers), reported per layer. SDPA (no gate) and fla run
+the same way, each in its own graph; ``sweep`` times launch variants of ours in the stream and alone.
+Nothing else of the model runs between the calls, so this is the attention's share of a step, not a
+whole step (``gatedgen bench generate`` times those).
+Run: ``python -m gatedgen.bench.decode_stream [--layers 8] [--sweep]``.
 """
 
 from __future__ import annotations
