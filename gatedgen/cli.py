@@ -262,7 +262,7 @@ def bench_kernels(part, quick, layers, debug):
         if layers:
             from gatedgen.bench import decode_stream
 
-            click.echo(decode_stream.format_table(decode_stream.run(layers)))
+            click.echo(decode_stream.format_table(decode_stream.run(layers, quick=quick)))
 
 
 def _no_graph(ctx, param, value):

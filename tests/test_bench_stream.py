@@ -32,3 +32,13 @@ def test_format_table():
     assert cells[1:4] == ["1 x 4096", "yes", "8"] and cells[-3:-1] == ["1.50", "25.0"]
     assert f"10.0 / {kd._tbps(1, 4096, 10.0):.2f}" in cells and f"250 / {kd._tbps(1, 4096, 250.0):.2f}" in cells
     assert "| no |" in no and no.rstrip(" |").endswith("—")
+
+
+def test_run_shapes(monkeypatch):
+    seen = []
+    monkeypatch.setattr(ds, "layer_stream", lambda N, T, layers, gated: seen.append((N, T, layers, gated)) or {})
+    assert len(ds.run(4)) == 2 * len(kd.SHAPES)
+    assert {(N, T) for N, T, _, _ in seen} == set(kd.SHAPES) and {x[2] for x in seen} == {4}
+    seen.clear()
+    ds.run(2, quick=True)  # the shapes of kernels_decode's quick table
+    assert [(N, T) for N, T, _, g in seen if g] == kd.SHAPES[:2] + kd.SHAPES[3:4]
