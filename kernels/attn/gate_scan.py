@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.attn.chunks import prepare_chunk_indices
 from kernels.utils import LOG2E, cdiv, next_power_of_2
 
 BT = 256  # tokens a program scans
@@ -85,8 +86,6 @@ def gate_scan(
 ) -> torch.Tensor:
     """See ``naive.gate_scan``: fp32 [B, T, HQ] running sums of g within each sequence (reverse: from
     the end), and optionally their base-2 rows into ``rows`` [B * HQ, TKP]. One launch."""
-    from kernels.attn.parallel import prepare_chunk_indices  # (parallel imports this module)
-
     B, T, HQ = g.shape
     if g.dtype != torch.float32 or not g.is_contiguous():
         g = g.float().contiguous()
