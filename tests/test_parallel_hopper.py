@@ -1,0 +1,160 @@
+"""The Gluon (sm_90) forward of the parallel attention, kernels/attn/parallel_fwd_hopper.py.
+
+Gluon has no CPU interpreter, so on the CPU the kernel is compiled for sm_90 (the whole pipeline down
+to PTX) and the structure that makes it fast is checked in the TTGIR; on an sm_90 GPU its outputs are
+compared with the fp64 reference on fresh random inputs, NaN-poisoned outputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import RTOL, nan_buffers_fixture, rel_err
+from kernels.attn import naive
+
+triton = pytest.importorskip("triton")
+
+from kernels.attn import parallel, parallel_fwd_hopper  # noqa: E402
+
+nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN-filled torch.empty
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU: compile for sm_90
+# ----------------------------------------------------------------------------------------------
+
+
+def _compile_sm90(D: int, gated: bool):
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn = parallel_fwd_hopper.parallel_attn_fwd_hopper_kernel
+    BM, BN, STAGES = parallel_fwd_hopper._BLOCKS[D]
+
+    def desc(block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
+
+    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, USE_G=gated)
+    types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
+                 desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", scale="fp32", TQ="i32",
+                 TK="i32", TKP="i32")
+    sig, const = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts or types[name] is None:
+            sig[name] = "constexpr"
+            const[(i,)] = consts.get(name)
+        else:
+            sig[name] = types[name]
+    src = GluonASTSource(fn, sig, const, {})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("gated", [True, False])
+def test_compiles_for_sm90_warp_specialised(D, gated):
+    kernel = _compile_sm90(D, gated)
+    ttgir, ptx = kernel.asm["ttgir"], kernel.asm["ptx"]
+    assert ".target sm_90a" in ptx
+    assert kernel.metadata.shared <= 227 * 1024
+    # a producer warp and two consumer warpgroups, registers moved from the producer to the consumers
+    assert "ttg.warp_specialize" in ttgir
+    assert "setmaxnreg.dec.sync.aligned.u32 \t24" in ptx and "setmaxnreg.inc.sync.aligned.u32 \t240" in ptx
+    # S(j) and PV(j-1) issued asynchronously, S(j) waited with the PV still in flight
+    assert ttgir.count("isAsync = true") >= 6
+    assert "pendings = 1" in ttgir
+    assert "async_tma_copy_global_to_local" in ttgir and "async_tma_copy_local_to_global" in ttgir
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU (sm_90): outputs against the reference
+# ----------------------------------------------------------------------------------------------
+
+_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+gpu = pytest.mark.skipif(not _SM90, reason="needs an sm_90 GPU")
+
+# (B, TQ, TK, HQ, H, D): T not a block multiple, GQA, continuing a cache (TQ < TK, tile offsets not
+# block aligned), one query, more query tiles than key blocks
+SHAPES = [
+    (2, 300, 300, 4, 2, 128),
+    (1, 1000, 1000, 2, 2, 64),
+    (2, 77, 333, 8, 2, 128),
+    (1, 1, 129, 2, 1, 64),
+    (3, 256, 256, 2, 2, 128),
+    (1, 130, 1170, 4, 4, 64),
+]
+
+
+def _inputs(B, TQ, TK, HQ, H, D, dtype, gate_shift=3.0):
+    q = torch.randn(B, TQ, HQ, D, device="cuda").to(dtype)
+    k = torch.randn(B, TK, H, D, device="cuda").to(dtype)
+    v = torch.randn(B, TK, H, D, device="cuda").to(dtype)
+    gc = torch.cumsum(F.logsigmoid(torch.randn(B, TK, HQ, device="cuda") + gate_shift), 1)
+    return q, k, v, gc
+
+
+@gpu
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gated", [True, False])
+def test_matches_reference(shape, dtype, gated):
+    B, TQ, TK, HQ, H, D = shape
+    q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, dtype)
+    assert parallel_fwd_hopper.supported(q, k, None)
+    gc = gc if gated else None
+    o, lse = parallel.parallel_attn(q, k, v, gc=gc, return_lse=True)
+    ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(),
+                                         gc=gc.double() if gated else None, return_lse=True)
+    assert rel_err(o, ref_o) < RTOL[dtype]
+    assert rel_err(lse, ref_lse) < 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("case", ["forgotten", "near_one", "large_scores"])
+def test_extreme_gates_and_scores(case):
+    B, T, HQ, H, D = 2, 400, 4, 2, 128
+    q, k, v, _ = _inputs(B, T, T, HQ, H, D, torch.bfloat16)
+    g = torch.zeros(B, T, HQ, device="cuda")
+    if case == "forgotten":  # history forgotten to exp(-1e4) at a few positions, inside tiles too
+        g = F.logsigmoid(torch.randn(B, T, HQ, device="cuda") + 3)
+        g[:, [5, 131, 200, 399]] = -1e4
+    elif case == "near_one":
+        g = -1e-6 * torch.rand(B, T, HQ, device="cuda")
+    else:  # |q.k| in the hundreds
+        q, k = q * 6, k * 6
+        g = F.logsigmoid(torch.randn(B, T, HQ, device="cuda") + 3)
+    o, lse = parallel.parallel_attn(q, k, v, g, return_lse=True)
+    ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(), g.double(), return_lse=True)
+    assert rel_err(o, ref_o) < RTOL[torch.bfloat16]
+    # fp32 running sums reach 4e4 in the forgotten case: their own rounding (2^-24 relative, ~2e-3 in
+    # base 2 at that size) bounds the scores' accuracy, for this kernel and the tl one alike
+    assert rel_err(lse, ref_lse) < (1e-3 if case == "forgotten" else 1e-5)
+
+
+@gpu
+def test_takes_the_call_and_matches_the_tl_kernel(monkeypatch):
+    """The dispatch sends supported calls here (spied), and the tl kernel agrees with it."""
+    q, k, v, gc = _inputs(2, 515, 515, 4, 2, 128, torch.bfloat16)
+    calls = []
+    real = parallel_fwd_hopper.parallel_attn_fwd_hopper
+    monkeypatch.setattr(parallel_fwd_hopper, "parallel_attn_fwd_hopper",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    o = parallel.parallel_attn(q, k, v, gc=gc)
+    assert calls == [1]
+    monkeypatch.setattr(parallel, "_HOPPER", False)
+    o_tl = parallel.parallel_attn(q, k, v, gc=gc)
+    assert calls == [1]
+    assert rel_err(o, o_tl) < RTOL[torch.bfloat16]
+
+
+def test_unsupported_calls_stay_on_the_tl_kernel():
+    q = torch.zeros(1, 8, 2, 100)
+    k = torch.zeros(1, 8, 2, 100)
+    assert not parallel_fwd_hopper.supported(q, k, None)  # CPU, fp32, D=100
+    if torch.cuda.is_available():
+        qc = torch.zeros(1, 8, 2, 128, device="cuda", dtype=torch.bfloat16)
+        assert not parallel_fwd_hopper.supported(qc, qc, torch.tensor([0, 8], device="cuda"))  # packed
+        assert not parallel_fwd_hopper.supported(qc[:, :, :, :100], qc[:, :, :, :100], None)
