@@ -100,7 +100,8 @@ def _inputs(B, TQ, TK, HQ, H, D, dtype, gate_shift=3.0):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gated", [True, False])
-def test_matches_reference(shape, dtype, gated):
+def test_matches_reference(shape, dtype, gated, monkeypatch):
+    monkeypatch.setattr(parallel_fwd_hopper, "_DISPATCH_D", (64, 128))  # D=64 too (the dispatch sends 128)
     B, TQ, TK, HQ, H, D = shape
     q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, dtype)
     assert parallel_fwd_hopper.supported(q, k, None)
@@ -158,3 +159,4 @@ def test_unsupported_calls_stay_on_the_tl_kernel():
         qc = torch.zeros(1, 8, 2, 128, device="cuda", dtype=torch.bfloat16)
         assert not parallel_fwd_hopper.supported(qc, qc, torch.tensor([0, 8], device="cuda"))  # packed
         assert not parallel_fwd_hopper.supported(qc[:, :, :, :100], qc[:, :, :, :100], None)
+        assert not parallel_fwd_hopper.supported(qc[..., :64].contiguous(), qc[..., :64].contiguous(), None)

@@ -183,6 +183,7 @@ def test_forward_tma_matches_pointer_loads(varlen, gated, seed, monkeypatch):
     """bf16 at a power-of-two head dim takes the TMA descriptor loads (which read past a sequence's end
     into the next one); the pointer loads must give the same output, and the rows of the neighbouring
     sequence (set to inf) must not reach it."""
+    monkeypatch.setattr(parallel, "_HOPPER", False)  # the tl kernel's variants (sm_90 would take the Gluon one)
     B, T = (1, 70) if varlen else (2, 45)
     q, k, v, g = _inputs(B, T, 4, 2, 64, torch.bfloat16)
     cu = torch.tensor([0, 33, 70], dtype=torch.int32, device=DEVICE) if varlen else None
@@ -229,6 +230,7 @@ def test_forward_gate_row_layouts(varlen, seed, monkeypatch):
 def test_forward_block_kinds(seed, monkeypatch):
     """Gated 16-bit dense forwards with Tk >= _LONG_TK take the "fwd_long" blocks (here with the
     threshold lowered to 32 keys), packed, fp32, short and ungated ones do not; all match the reference."""
+    monkeypatch.setattr(parallel, "_HOPPER", False)  # the tl kernel's variants (sm_90 would take the Gluon one)
     monkeypatch.setattr(parallel, "_LONG_TK", 32)
     kinds = []
     real = parallel._blocks
@@ -256,6 +258,7 @@ def test_backward_tma_matches_pointer_loads(varlen, gated, seed, monkeypatch):
     through TMA descriptors, which read past a sequence's end. The gradients must equal those of the
     pointer loads and the reference, and the first sequence's gradients must not change when
     everything of the next sequence (q, k, v, do) is inf."""
+    monkeypatch.setattr(parallel, "_HOPPER", False)  # the tl kernel's variants (sm_90 would take the Gluon one)
     B, T = (1, 70) if varlen else (2, 45)
     q, k, v, g = _inputs(B, T, 4, 2, 64, torch.bfloat16)
     cu = torch.tensor([0, 33, 70], dtype=torch.int32, device=DEVICE) if varlen else None

@@ -55,7 +55,20 @@ def _flops(B, T, HQ, D, lens) -> float:
     return sum(2.0 * HQ * n * n * D for n in lens)
 
 
-def run(quick: bool = False, log=None) -> list[dict]:
+def _warm_gpu(seconds: float = 1.0) -> None:
+    """Matmuls for about ``seconds`` so that the first shape is not timed at ramping clocks (its first
+    timings in a process read 10-40% low otherwise; H100, 2026-11-24)."""
+    import time
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    t = time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def run(quick: bool = False, log=None, only: list[str] | None = None) -> list[dict]:
     """One dict per shape with TFLOP/s of each variant (None where a peer is missing).
 
     ``log``, when given, is called with each finished row (for progress on long runs)."""
@@ -65,6 +78,9 @@ def run(quick: bool = False, log=None) -> list[dict]:
     dev = "cuda"
     rows = []
     shapes = SHAPES[1::3] if quick else SHAPES
+    if only:
+        shapes = [s for s in shapes if s[0] in only]
+    _warm_gpu()
     for name, B, T, HQ, H, D, lens in shapes:
         torch.manual_seed(0)
         dt = torch.bfloat16
@@ -158,9 +174,11 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one T per head layout")
+    parser.add_argument("--only", default="", help="comma-separated shape names (e.g. 16x128,gqa32:8x128)")
     args = parser.parse_args(argv)
+    only = [s for s in args.only.split(",") if s] or None
     print("TFLOP/s (bf16, causal; fwd+bwd = 3.5 x fwd FLOPs); ratios ours/peer")
-    print(format_table(run(quick=args.quick, log=lambda r: print(r, flush=True))))
+    print(format_table(run(quick=args.quick, log=lambda r: print(r, flush=True), only=only)))
 
 
 if __name__ == "__main__":

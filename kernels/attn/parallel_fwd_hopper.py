@@ -20,7 +20,8 @@ The keys' gate sums are read per block from the per-head base-2 rows (gct, as th
 blocks), and the queries' from the same rows, so that a query and the key at its own position cancel
 exactly.
 
-Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128, Tq <= Tk, on sm_90. The host
+Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch sends 128 here), Tq <= Tk,
+on sm_90. The host
 (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel everywhere else. There is no CPU interpreter
 for Gluon: the tests compile it for sm_90 on the CPU and run it on the GPU.
 """
@@ -257,7 +258,11 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
 # head dim -> (BM, BN, STAGES): BM query rows per program (two consumer warpgroups of BM / 2), BN keys
 # per block, STAGES-deep K and V rings. H100, 2026-11-24: at D=128 three stages were 2-5% faster from
 # T=4k on and 5% slower at T=1k (short key loops: fewer programs fit), so short ones keep two.
+# D=64 stays on the tl kernel: there the softmax (one exp2 per score) outweighs the halved products, and
+# this kernel measured 10-25% slower gated (H100, 2026-11-24, docs/notes-prefill.md, session 8); the
+# compile tests and direct calls still cover it.
 _BLOCKS = {64: (128, 128, 3), 128: (128, 128, 3)}
+_DISPATCH_D = (128,)
 _SHORT_TK = 2048
 
 
@@ -267,13 +272,13 @@ def _blocks(D: int, TK: int) -> tuple[int, int, int]:
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
-    """Whether this kernel takes the call: dense batch, 16-bit, head dim 64 or 128, on sm_90, with
+    """Whether the dispatch sends the call here: dense batch, 16-bit, head dim 128, on sm_90, with
     TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
     B, TQ, HQ, D = q.shape
     TK = k.shape[1]
     tensors = (q, k) if v is None else (q, k, v)
     return (
-        cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and D in _BLOCKS
+        cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and D in _DISPATCH_D
         and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
         and torch.cuda.get_device_capability(q.device) == (9, 0) and 0 < TQ <= TK
         and B * HQ * (TK + 16) < 2**31
