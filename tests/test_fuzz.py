@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,16 @@ KEYS = ["vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "num_kv_h
         "use_output_gate", "norm_eps", "rms_norm_eps", "tie_word_embeddings", "max_position_embeddings",
         "eos_token_id", "bos_token_id", "torch_dtype", "window_size", "hidden_act", "rope_theta",
         "use_k_shift", "use_v_shift", "use_forget_gate", "n_layer", "n_head", "d_model"]
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("heads", [0, -4])
+def test_config_from_hf_rejects_non_positive_heads(model_type, heads):
+    """Found by the fuzz test below in a fresh clone (no example database): num_heads 0 divided by zero."""
+    d = {"model_type": model_type, "hidden_size": 64, "num_heads": heads, "num_attention_heads": heads,
+         "n_head": heads}
+    with pytest.raises(GatedgenError, match="must be positive|must be"):
+        formats.config_from_hf(d)
 
 
 @settings(max_examples=400, deadline=None)

@@ -29,6 +29,8 @@ def mlp_width(hidden_size: int, hidden_ratio: int | float | None, intermediate_s
 def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     hidden = read_int(d, "hidden_size", 2048)
     heads = read_int(d, "num_heads", 32)
+    if heads <= 0 or hidden <= 0:
+        raise GatedgenError(f"config.json: hidden_size ({hidden}) and num_heads ({heads}) must be positive")
     if hidden % heads != 0:
         raise GatedgenError(f"config.json: hidden_size ({hidden}) must be a multiple of num_heads ({heads})")
     if d.get("window_size") is not None:

@@ -47,6 +47,8 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     hidden = read_int(d, "hidden_size", required=True)
     heads = read_int(d, "num_attention_heads", required=True)
     head_dim = read_int(d, "head_dim")
+    if heads <= 0 or hidden <= 0:
+        raise GatedgenError(f"config.json: hidden_size ({hidden}) and num_attention_heads ({heads}) must be positive")
     if head_dim is None:
         if hidden % heads != 0:
             raise GatedgenError(f"config.json: hidden_size ({hidden}) is not a multiple of heads ({heads})")
