@@ -176,9 +176,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
     if _HOPPER and not _INTERPRET and parallel_fwd_hopper.supported(q, k, cu_seqlens, v):
-        if gc is not None and gct is None:
-            gct, _, _ = _gate_rows(gc, 1)
-        parallel_fwd_hopper.parallel_attn_fwd_hopper(q, k, v, gct, scale, o, lse)
+        parallel_fwd_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse)
         return o, lse
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)

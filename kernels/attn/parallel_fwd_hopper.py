@@ -20,10 +20,9 @@ The keys' gate sums are read per block from the per-head base-2 rows (gct, as th
 blocks), and the queries' from the same rows, so that a query and the key at its own position cancel
 exactly.
 
-Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch sends 128 here), Tq <= Tk,
-on sm_90. The host
-(``parallel.parallel_attn_fwd``) takes the ``tl`` kernel everywhere else. There is no CPU interpreter
-for Gluon: the tests compile it for sm_90 on the CPU and run it on the GPU.
+Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch sends 128 here),
+Tq <= Tk, on sm_90. The host (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel everywhere else.
+There is no CPU interpreter for Gluon: the tests compile it for sm_90 on the CPU and run it on the GPU.
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-LOG2E = gl.constexpr(1.4426950408889634)
-LN2 = gl.constexpr(0.6931471805599453)
+from kernels.utils import LN2, LOG2E, is_hopper
 
 
 @gluon.jit
@@ -102,6 +100,24 @@ def _key_gates(gct, g_col0, b_g0, i_blk, s_layout: gl.constexpr, BN: gl.constexp
 
 
 @gluon.jit
+def _issue_qk(q, k_smem, k_ready, i_blk, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr,
+              D: gl.constexpr, STAGES: gl.constexpr):
+    """S = Q K(i_blk)^T, issued (async) once the key block has landed in its stage."""
+    s = i_blk % STAGES
+    mbarrier.wait(k_ready.index(s), (i_blk // STAGES) & 1)
+    return warpgroup_mma(q, k_smem.index(s).reshape([BN, D]).permute((1, 0)),
+                         gl.zeros([BMW, BN], gl.float32, s_layout), use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _issue_pv(b_pa, v_smem, v_ready, b_o, i_blk, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """O += P V(i_blk), issued (async) once the value block has landed in its stage."""
+    s = i_blk % STAGES
+    mbarrier.wait(v_ready.index(s), (i_blk // STAGES) & 1)
+    return warpgroup_mma(b_pa, v_smem.index(s).reshape([BN, D]), b_o, is_async=True)
+
+
+@gluon.jit
 def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq, b_o, b_pa, b_m, b_l,
           o_qpos, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
           BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr):
@@ -110,11 +126,8 @@ def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_
     s = i_blk % STAGES
     sp = (i_blk - 1) % STAGES
     b_gk = _key_gates(gct, g_col0, b_g0, i_blk, s_layout, BN, USE_G)
-    mbarrier.wait(k_ready.index(s), (i_blk // STAGES) & 1)
-    b_s = warpgroup_mma(q, k_smem.index(s).reshape([BN, D]).permute((1, 0)),
-                        gl.zeros([BMW, BN], gl.float32, s_layout), use_acc=False, is_async=True)
-    mbarrier.wait(v_ready.index(sp), ((i_blk - 1) // STAGES) & 1)
-    b_o = warpgroup_mma(b_pa, v_smem.index(sp).reshape([BN, D]), b_o, is_async=True)
+    b_s = _issue_qk(q, k_smem, k_ready, i_blk, s_layout, BMW, BN, D, STAGES)
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, i_blk - 1, BN, D, STAGES)
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
     mbarrier.arrive(k_empty.index(s), count=1)
     b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout, BN, USE_G,
@@ -158,9 +171,7 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, 
 
     # block 0 (nothing to overlap with yet)
     b_gk = _key_gates(gct, g_col0, b_g0, 0, s_layout, BN, USE_G)
-    mbarrier.wait(k_ready.index(0), 0)
-    b_s = warpgroup_mma(q, k_smem.index(0).reshape([BN, D]).permute((1, 0)),
-                        gl.zeros([BMW, BN], gl.float32, s_layout), use_acc=False, is_async=True)
+    b_s = _issue_qk(q, k_smem, k_ready, 0, s_layout, BMW, BN, D, STAGES)
     b_s = warpgroup_mma_wait(num_outstanding=0, deps=(b_s,))
     mbarrier.arrive(k_empty.index(0), count=1)
     if n_off > 0:
@@ -182,11 +193,9 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, 
                                     b_o, b_pa, b_m, b_l, o_qpos, i_blk, TK, qk_scale, s_layout, o_layout, BMW, BN, D,
                                     STAGES, USE_G, True)
     # PV of the last block
-    sp = (n_blk - 1) % STAGES
-    mbarrier.wait(v_ready.index(sp), ((n_blk - 1) // STAGES) & 1)
-    b_o = warpgroup_mma(b_pa, v_smem.index(sp).reshape([BN, D]), b_o, is_async=True)
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, n_blk - 1, BN, D, STAGES)
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
-    mbarrier.arrive(v_empty.index(sp), count=1)
+    mbarrier.arrive(v_empty.index((n_blk - 1) % STAGES), count=1)
 
     # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past TQ);
     # natural-log lse = (m2 + log2 l) ln 2 with m2 the true base-2 row max
@@ -280,7 +289,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | No
     return (
         cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and D in _DISPATCH_D
         and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
-        and torch.cuda.get_device_capability(q.device) == (9, 0) and 0 < TQ <= TK
+        and is_hopper(q.device) and 0 < TQ <= TK
         and B * HQ * (TK + 16) < 2**31
     )
 
@@ -292,7 +301,7 @@ def _desc(x: torch.Tensor, block: list[int]):
     return TensorDescriptor.from_tensor(x, block, layout)
 
 
-_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
 
 def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
