@@ -304,6 +304,35 @@ def _desc(x: torch.Tensor, block: list[int]):
 _GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
 
+def compile_sm90(D: int, gated: bool):
+    """The kernel compiled for sm_90 without a GPU (``triton.compile`` of the Gluon source for a CUDA 9.0
+    target; small batch and head counts, the default blocks of head dim D): its ``asm`` (ttgir, ptx) and
+    ``metadata`` for resource checks on any machine. Needs TRITON_INTERPRET unset."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn = parallel_attn_fwd_hopper_kernel
+    BM, BN, STAGES = _BLOCKS[D]
+
+    def desc(block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
+
+    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, USE_G=gated)
+    types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
+                 desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", scale="fp32", TQ="i32",
+                 TK="i32", TKP="i32")
+    sig, const = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts or types[name] is None:
+            sig[name] = "constexpr"
+            const[(i,)] = consts.get(name)
+        else:
+            sig[name] = types[name]
+    src = GluonASTSource(fn, sig, const, {})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+
+
 def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
                              blocks: tuple[int, int, int] | None = None) -> None:
     """Write o [B, TQ, HQ, D] and lse [B, TQ, HQ] (natural log) for q, k, v (contiguous) and the base-2
