@@ -135,6 +135,14 @@ def read_int(d: dict[str, Any], key: str, default: Any = None, *, required: bool
     return value
 
 
+def require_positive(**fields: int) -> None:
+    """One config error naming every field given (hidden size and head count: they divide each other)
+    unless all are positive."""
+    if any(v <= 0 for v in fields.values()):
+        named = " and ".join(f"{k} ({v})" for k, v in fields.items())
+        raise GatedgenError(f"config.json: {named} must be positive")
+
+
 def read_float(d: dict[str, Any], key: str, default: Any = None) -> Any:
     value = d.get(key)
     value = default if value is None else value

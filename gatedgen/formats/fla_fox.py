@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from gatedgen.config import ModelConfig, read_bool, read_float, read_ids, read_int
+from gatedgen.config import ModelConfig, read_bool, read_float, read_ids, read_int, require_positive
 from gatedgen.errors import GatedgenError
 
 MODEL_TYPES = ("forgetting_transformer",)
@@ -29,8 +29,7 @@ def mlp_width(hidden_size: int, hidden_ratio: int | float | None, intermediate_s
 def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     hidden = read_int(d, "hidden_size", 2048)
     heads = read_int(d, "num_heads", 32)
-    if heads <= 0 or hidden <= 0:
-        raise GatedgenError(f"config.json: hidden_size ({hidden}) and num_heads ({heads}) must be positive")
+    require_positive(hidden_size=hidden, num_heads=heads)
     if hidden % heads != 0:
         raise GatedgenError(f"config.json: hidden_size ({hidden}) must be a multiple of num_heads ({heads})")
     if d.get("window_size") is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gatedgen.config import ModelConfig, read_bool, read_float, read_ids, read_int
+from gatedgen.config import ModelConfig, read_bool, read_float, read_ids, read_int, require_positive
 from gatedgen.errors import GatedgenError
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -47,8 +47,7 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     hidden = read_int(d, "hidden_size", required=True)
     heads = read_int(d, "num_attention_heads", required=True)
     head_dim = read_int(d, "head_dim")
-    if heads <= 0 or hidden <= 0:
-        raise GatedgenError(f"config.json: hidden_size ({hidden}) and num_attention_heads ({heads}) must be positive")
+    require_positive(hidden_size=hidden, num_attention_heads=heads)
     if head_dim is None:
         if hidden % heads != 0:
             raise GatedgenError(f"config.json: hidden_size ({hidden}) is not a multiple of heads ({heads})")
