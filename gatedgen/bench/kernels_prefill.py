@@ -56,8 +56,10 @@ def _flops(B, T, HQ, D, lens) -> float:
 
 
 def _warm_gpu(seconds: float = 1.0) -> None:
-    """Matmuls for about ``seconds`` so that the first shape is not timed at ramping clocks (its first
-    timings in a process read 10-40% low otherwise; H100, 2026-11-24)."""
+    """Matmuls for about ``seconds`` before the first shape, so that it is not timed at ramping clocks.
+    The first row of a process has read 10-40% low before (H100, 2026-11-24); with this warm-up it read
+    normal in one run and low again in the next (16x128 T=1k gated 232 vs 131 TFLOP/s), so clocks are not
+    the whole cause: treat a low first row as unexplained and time it again."""
     import time
 
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
