@@ -1,4 +1,5 @@
-"""The Gluon (sm_90) forward of the parallel attention, kernels/attn/parallel_fwd_hopper.py.
+"""The Gluon (sm_90) forward of the parallel attention, kernels/attn/parallel_fwd_hopper.py (host side:
+parallel_hopper.py).
 
 Gluon has no CPU interpreter, so on the CPU the kernel is compiled for sm_90 (the whole pipeline down
 to PTX) and the structure that makes it fast is checked in the TTGIR; on an sm_90 GPU its outputs are
@@ -21,7 +22,7 @@ from kernels.attn import naive
 
 triton = pytest.importorskip("triton")
 
-from kernels.attn import parallel, parallel_fwd_hopper  # noqa: E402
+from kernels.attn import parallel, parallel_hopper  # noqa: E402
 
 nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN-filled torch.empty
 
@@ -36,7 +37,7 @@ def _compile_sm90(D: int, gated: bool) -> dict:
     TRITON_INTERPRET: under the interpreter (as the CPU suite runs) Triton's own jit functions that Gluon
     calls (gl.max, gl.sum) are interpreter objects that the compiler refuses; a warm Triton cache hid
     that until a cold-cache run."""
-    code = ("import json, sys; from kernels.attn.parallel_fwd_hopper import compile_sm90; "
+    code = ("import json, sys; from kernels.attn.parallel_hopper import compile_sm90; "
             "k = compile_sm90(int(sys.argv[1]), sys.argv[2] == '1'); "
             "json.dump(dict(ttgir=k.asm['ttgir'], ptx=k.asm['ptx'], shared=k.metadata.shared), sys.stdout)")
     env = {n: v for n, v in os.environ.items() if n != "TRITON_INTERPRET"}
@@ -94,10 +95,10 @@ def _inputs(B, TQ, TK, HQ, H, D, dtype, gate_shift=3.0):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gated", [True, False])
 def test_matches_reference(shape, dtype, gated, monkeypatch):
-    monkeypatch.setattr(parallel_fwd_hopper, "_DISPATCH_D", (64, 128))  # D=64 too (the dispatch sends 128)
+    monkeypatch.setattr(parallel_hopper, "_DISPATCH", {64: None, 128: None})  # D=64 at any length
     B, TQ, TK, HQ, H, D = shape
     q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, dtype)
-    assert parallel_fwd_hopper.supported(q, k, None)
+    assert parallel_hopper.supported(q, k, None)
     gc = gc if gated else None
     o, lse = parallel.parallel_attn(q, k, v, gc=gc, return_lse=True)
     ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(),
@@ -129,12 +130,32 @@ def test_extreme_gates_and_scores(case):
 
 
 @gpu
+@pytest.mark.parametrize("programs", [1, 3, 7])
+@pytest.mark.parametrize("blocks", [(128, 128, 2, 2), (128, 128, 3, 1), (128, 128, 2, 1)])
+@pytest.mark.parametrize("gated", [True, False])
+def test_persistent_programs_walk_many_tiles(programs, blocks, gated):
+    """Few programs for many tiles of different lengths (causal tiles, TQ < TK): the rings' positions and
+    the query buffers' phases carry from tile to tile; every output element is written (NaN-poisoned)."""
+    B, TQ, TK, HQ, H, D = 2, 333, 600, 4, 2, 128
+    q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, torch.bfloat16)
+    gc = gc if gated else None
+    gct = parallel._gate_rows(gc, 1, None)[0]
+    o = torch.full_like(q, float("nan"))
+    lse = torch.full((B, TQ, HQ), float("nan"), device="cuda")
+    parallel_hopper.parallel_attn_fwd_hopper(q, k, v, gct, D ** -0.5, o, lse, blocks=blocks, programs=programs)
+    ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(),
+                                         gc=gc.double() if gated else None, return_lse=True)
+    assert rel_err(o, ref_o) < RTOL[torch.bfloat16]
+    assert rel_err(lse, ref_lse) < 1e-5
+
+
+@gpu
 def test_takes_the_call_and_matches_the_tl_kernel(monkeypatch):
     """The dispatch sends supported calls here (spied), and the tl kernel agrees with it."""
     q, k, v, gc = _inputs(2, 515, 515, 4, 2, 128, torch.bfloat16)
     calls = []
-    real = parallel_fwd_hopper.parallel_attn_fwd_hopper
-    monkeypatch.setattr(parallel_fwd_hopper, "parallel_attn_fwd_hopper",
+    real = parallel_hopper.parallel_attn_fwd_hopper
+    monkeypatch.setattr(parallel_hopper, "parallel_attn_fwd_hopper",
                         lambda *a, **kw: calls.append(1) or real(*a, **kw))
     o = parallel.parallel_attn(q, k, v, gc=gc)
     assert calls == [1]
@@ -147,9 +168,11 @@ def test_takes_the_call_and_matches_the_tl_kernel(monkeypatch):
 def test_unsupported_calls_stay_on_the_tl_kernel():
     q = torch.zeros(1, 8, 2, 100)
     k = torch.zeros(1, 8, 2, 100)
-    assert not parallel_fwd_hopper.supported(q, k, None)  # CPU, fp32, D=100
+    assert not parallel_hopper.supported(q, k, None)  # CPU, fp32, D=100
     if torch.cuda.is_available():
         qc = torch.zeros(1, 8, 2, 128, device="cuda", dtype=torch.bfloat16)
-        assert not parallel_fwd_hopper.supported(qc, qc, torch.tensor([0, 8], device="cuda"))  # packed
-        assert not parallel_fwd_hopper.supported(qc[:, :, :, :100], qc[:, :, :, :100], None)
-        assert not parallel_fwd_hopper.supported(qc[..., :64].contiguous(), qc[..., :64].contiguous(), None)
+        assert not parallel_hopper.supported(qc, qc, torch.tensor([0, 8], device="cuda"))  # packed
+        assert not parallel_hopper.supported(qc[:, :, :, :100], qc[:, :, :, :100], None)
+        k64 = torch.zeros(1, 8192, 2, 64, device="cuda", dtype=torch.bfloat16)
+        assert parallel_hopper.supported(k64[:, -8:], k64[:, :8191].contiguous(), None) == _SM90
+        assert not parallel_hopper.supported(k64[:, -8:], k64, None)  # D=64 from 8192 keys: the tl kernel

@@ -227,6 +227,21 @@ def test_forward_gate_row_layouts(varlen, seed, monkeypatch):
         _check("mode 1, Tq < Tk", parallel.parallel_attn(q[:, -13:], k, v, gc=gc), base_cont, 1e-2, seed)
 
 
+@pytest.mark.parametrize("group", [0, 1, 3, 8])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_forward_tile_groups(group, varlen, seed, monkeypatch):
+    """The forward's programs taken GROUP (batch x head)s at a time: every tile of every head is computed
+    once (NaN-poisoned output), with a smaller last group (12 or 4 heads in groups of 3 and 8)."""
+    monkeypatch.setattr(parallel, "_HOPPER", False)  # the tl kernel (sm_90 would take the Gluon one)
+    monkeypatch.setattr(parallel, "_TILE_GROUP", group)
+    lens = [60, 1, 89]
+    B, T = (1, sum(lens)) if varlen else (3, 150)
+    q, k, v, g = _inputs(B, T, 4, 2, 32, torch.float32)
+    cu = torch.tensor([0, 60, 61, 150], dtype=torch.int32, device=DEVICE) if varlen else None
+    _check("o", parallel.parallel_attn(q, k, v, g, cu_seqlens=cu), _reference(q, k, v, g, cu_seqlens=cu)[0],
+           FWD_TOL[torch.float32], seed)
+
+
 def test_forward_block_kinds(seed, monkeypatch):
     """Gated 16-bit dense forwards with Tk >= _LONG_TK take the "fwd_long" blocks (here with the
     threshold lowered to 32 keys), packed, fp32, short and ungated ones do not; all match the reference."""

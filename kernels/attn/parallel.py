@@ -53,7 +53,7 @@ from kernels.attn.parallel_bwd import (
     parallel_attn_bwd_kernel_dq,
     parallel_attn_bwd_kernel_preprocess,
 )
-from kernels.attn import parallel_fwd_hopper
+from kernels.attn import parallel_hopper
 from kernels.attn.parallel_fwd import parallel_attn_fwd_kernel
 from kernels.attn.parallel_tuning import _AUTOTUNE, _blocks, _dkdv_tuned, _dq_tuned, _fwd_tuned
 from kernels.utils import LOG2E, fix_triton_interpreter_index, next_power_of_2
@@ -137,9 +137,13 @@ def _gate_rows(gc, mode: int = 1, gct=None):
 
 
 # the Gluon forward (FlashAttention-3's overlap of the softmax with the next block's QK product) takes
-# the 16-bit dense batches it supports on sm_90 (parallel_fwd_hopper.supported); GATEDGEN_FWD_HOPPER=0:
+# the 16-bit dense batches it supports on sm_90 (parallel_hopper.supported); GATEDGEN_FWD_HOPPER=0:
 # the tl kernel everywhere
 _HOPPER = os.environ.get("GATEDGEN_FWD_HOPPER") != "0"
+
+# the tl forward's programs take GROUP (batch x head)s at a time (parallel_common.program_tile), so that
+# programs running together share those heads' keys in L2; 0: the batch x head index fastest
+_TILE_GROUP = int(os.environ.get("GATEDGEN_TILE_GROUP", "8"))
 
 # gated 16-bit forwards of dense batches with at least this many keys take the "fwd_long" blocks
 _LONG_TK = 8192
@@ -167,7 +171,8 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
     lse = torch.empty(B, TQ, HQ, dtype=torch.float32, device=q.device)
     if TQ == 0:
         return o, lse
-    common = dict(B=B, H=H, HQ=HQ, G=HQ // H, K=K, BK=BK, USE_G=gc is not None, DOT_PREC=_dot_prec(q.dtype))
+    common = dict(B=B, H=H, HQ=HQ, G=HQ // H, K=K, BK=BK, USE_G=gc is not None, DOT_PREC=_dot_prec(q.dtype),
+                  GROUP=_TILE_GROUP)
     if cu_seqlens is None and _AUTOTUNE:
         def grid(meta):
             return (triton.cdiv(TQ, meta["BT"]) * B * HQ,)
@@ -175,8 +180,8 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
-    if _HOPPER and not _INTERPRET and parallel_fwd_hopper.supported(q, k, cu_seqlens, v):
-        parallel_fwd_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse)
+    if _HOPPER and not _INTERPRET and parallel_hopper.supported(q, k, cu_seqlens, v):
+        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse)
         return o, lse
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)

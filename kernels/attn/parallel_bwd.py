@@ -130,7 +130,7 @@ def parallel_attn_bwd_kernel_dkdv(
 ):
     # axis 0 enumerates (key tile, batch x kv head); early key tiles see the most queries: first
     i_h, s0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, 0, B, H, BS, False,
-                                                         IS_VARLEN)
+                                                         IS_VARLEN, 0)
 
     o_s = tl.arange(0, BS)
     o_d = tl.arange(0, BK)
@@ -259,7 +259,7 @@ def parallel_attn_bwd_kernel_dq(
 ):
     # axis 0 enumerates (query tile, batch x head); the tiles with the most keys go first
     i_hq, t0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, NT, B, HQ, BT, True,
-                                                          IS_VARLEN)
+                                                          IS_VARLEN, 0)
     i_h = i_hq // G
     r_g, c_q0, c_k0 = head_row_origin(bos_q, bos_k, TK, i_hq, HQ, IS_VARLEN)
 

@@ -17,20 +17,33 @@ from kernels.utils import LOG2E, tile_rows
 
 @triton.jit
 def program_tile(chunk_indices, cu_seqlens, TQ, TK, NT, B: tl.constexpr, NH: tl.constexpr, BLOCK: tl.constexpr,
-                 LAST_FIRST: tl.constexpr, IS_VARLEN: tl.constexpr):
+                 LAST_FIRST: tl.constexpr, IS_VARLEN: tl.constexpr, GROUP: tl.constexpr):
     """Axis 0 enumerates (tile, batch x head), tiles of BLOCK rows. Returns the program's head, the
     tile's first row within its sequence, the sequence's first query and key rows, its TQ and TK, and
     the queries' offset TK - TQ (query row r sits at absolute position offset + r). LAST_FIRST runs
     the tiles in reverse order (query tiles: the last ones see the most keys); NT is the tile count
-    of packed sequences (dense batches: computed here)."""
+    of packed sequences (dense batches: computed here).
+
+    GROUP = 0: the batch x head index fastest. GROUP > 0 (query tiles, LAST_FIRST): GROUP (batch x
+    head)s at a time, each group's tiles in order, its heads fastest, so that the programs running
+    together read the keys of a few heads and find them in L2."""
     i_p = tl.program_id(0).to(tl.int64)
-    i_bh = i_p % (B * NH)
     if LAST_FIRST:
         if not IS_VARLEN:
             NT = tl.cdiv(TQ, BLOCK)
-        i_tile = NT - 1 - i_p // (B * NH)
+    if GROUP > 0:
+        tl.static_assert(LAST_FIRST)
+        i_g = i_p // (GROUP * NT)
+        n_g = tl.minimum(B * NH - i_g * GROUP, GROUP)  # the last group may be smaller
+        i_r = i_p - i_g * (GROUP * NT)
+        i_bh = i_g * GROUP + i_r % n_g
+        i_tile = NT - 1 - i_r // n_g
     else:
-        i_tile = i_p // (B * NH)
+        i_bh = i_p % (B * NH)
+        if LAST_FIRST:
+            i_tile = NT - 1 - i_p // (B * NH)
+        else:
+            i_tile = i_p // (B * NH)
     i_b, i_head = i_bh // NH, i_bh % NH
     i_tile, bos_q, bos_k, TQ, TK = tile_rows(chunk_indices, cu_seqlens, i_tile, i_b, TQ, TK, IS_VARLEN)
     offset = TK - TQ

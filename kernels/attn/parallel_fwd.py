@@ -118,10 +118,12 @@ def parallel_attn_fwd_kernel(
     GATE_T: tl.constexpr,
     IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
-    # axis 0 enumerates (query tile, batch x head); the tiles with the most keys go first
+    # axis 0 enumerates (query tile, batch x head): GROUP heads at a time, the tiles with the most keys
+    # first
     i_hq, t0, bos_q, bos_k, TQ, TK, offset = program_tile(chunk_indices, cu_seqlens, TQ, TK, NT, B, HQ, BT, True,
-                                                          IS_VARLEN)
+                                                          IS_VARLEN, GROUP)
     i_h = i_hq // G
 
     o_t = tl.arange(0, BT)

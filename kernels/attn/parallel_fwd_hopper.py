@@ -16,19 +16,25 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
       softmax of S(j) -> P(j) (fp32), alpha(j);  wait PV(j-1);  release V(j-1)
       P(j) -> bf16 registers (the PV operand);  O *= alpha(j)
 
+* persistent programs, one per SM, each running a host-made list of tiles (``parallel_hopper._schedule``:
+  a few heads at a time, longest tiles first, balanced by the longest-first greedy rule, so that the
+  programs running together share their heads' keys in L2). The producer runs on into the next tile: the
+  K/V rings' positions carry over, and the next tile's query rows load into a second buffer while a
+  tile runs (NQ = 2).
+
 The keys' gate sums are read per block from the per-head base-2 rows (gct, as the tl kernel's unmasked
 blocks), and the queries' from the same rows, so that a query and the key at its own position cancel
 exactly.
 
-Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch sends 128 here),
-Tq <= Tk, on sm_90. The host (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel everywhere else.
+Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch: 128, and 64 below
+8192 keys), Tq <= Tk, on sm_90. The host (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel
+everywhere else.
 There is no CPU interpreter for Gluon: the tests compile it for sm_90 on the CPU and run it on the GPU.
+The host side (dispatch rule, tile schedule, descriptors, launch) is ``parallel_hopper``.
 """
 
 from __future__ import annotations
 
-import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -39,27 +45,52 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from kernels.utils import LN2, LOG2E, is_hopper
+from kernels.utils import LN2, LOG2E
 
 
 @gluon.jit
-def _producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, i_b, i_hq,
-              i_h, t0, n_blk, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-    """One warp: TMA of the two warpgroups' query rows, then K and V block by block into STAGES-deep
-    rings, each stage refilled once both consumers released it (its empty barrier counts two arrivals;
-    a fresh barrier passes the first wait of parity 1)."""
-    mbarrier.expect(q_bar, 2 * desc_q.block_type.nbytes)
-    tma.async_copy_global_to_shared(desc_q, [i_b, t0, i_hq * D], q_bar, q_smem.index(0))
-    tma.async_copy_global_to_shared(desc_q, [i_b, t0 + BMW, i_hq * D], q_bar, q_smem.index(1))
-    for i_blk in range(n_blk):
-        s = i_blk % STAGES
-        ph = ((i_blk // STAGES) & 1) ^ 1
-        mbarrier.wait(k_empty.index(s), ph)
-        mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_k, [i_b, i_blk * BN, i_h * D], k_ready.index(s), k_smem.index(s))
-        mbarrier.wait(v_empty.index(s), ph)
-        mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_v, [i_b, i_blk * BN, i_h * D], v_ready.index(s), v_smem.index(s))
+def _tile(i_p, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr):
+    """Tile i_p = i_t * B * HQ + (batch x query head): the batch, query head, key head, first query row
+    and the number of key blocks the tile sees."""
+    i_bh = i_p % (B * HQ)
+    i_t = i_p // (B * HQ)
+    i_b, i_hq = i_bh // HQ, i_bh % HQ
+    t0 = i_t * BM
+    n_blk = gl.cdiv(gl.minimum(TK - TQ + t0 + BM, TK), BN)  # query row r sits at key position TK - TQ + r
+    return i_b, i_hq, i_hq // G, t0, n_blk
+
+
+@gluon.jit
+def _producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
+              sched, k0, k1, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr,
+              BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr):
+    """One warp, running ahead of the consumers through this program's tiles: per tile the two
+    warpgroups' query rows into query buffer it % NQ (free once both consumers released it: NQ = 2
+    lets the next tile's rows load while a tile runs), then K and V block by block into STAGES-deep rings, whose position c runs on across
+    tiles. A stage is refilled once both consumers released it (empty barriers count two arrivals; a
+    fresh barrier passes the first wait of parity 1)."""
+    BMW: gl.constexpr = BM // 2
+    c = 0
+    it = 0
+    for k in range(k0, k1):
+        i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
+        qb = it % NQ
+        mbarrier.wait(q_empty.index(qb), ((it // NQ) & 1) ^ 1)
+        mbarrier.expect(q_ready.index(qb), 2 * desc_q.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc_q, [i_b, t0, i_hq * D], q_ready.index(qb), q_smem.index(2 * qb))
+        tma.async_copy_global_to_shared(desc_q, [i_b, t0 + BMW, i_hq * D], q_ready.index(qb),
+                                        q_smem.index(2 * qb + 1))
+        for i_blk in range(n_blk):
+            s = (c + i_blk) % STAGES
+            ph = (((c + i_blk) // STAGES) & 1) ^ 1
+            mbarrier.wait(k_empty.index(s), ph)
+            mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_k, [i_b, i_blk * BN, i_h * D], k_ready.index(s), k_smem.index(s))
+            mbarrier.wait(v_empty.index(s), ph)
+            mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
+            tma.async_copy_global_to_shared(desc_v, [i_b, i_blk * BN, i_h * D], v_ready.index(s), v_smem.index(s))
+        c += n_blk
+        it += 1
 
 
 @gluon.jit
@@ -100,57 +131,63 @@ def _key_gates(gct, g_col0, b_g0, i_blk, s_layout: gl.constexpr, BN: gl.constexp
 
 
 @gluon.jit
-def _issue_qk(q, k_smem, k_ready, i_blk, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr,
-              D: gl.constexpr, STAGES: gl.constexpr):
-    """S = Q K(i_blk)^T, issued (async) once the key block has landed in its stage."""
-    s = i_blk % STAGES
-    mbarrier.wait(k_ready.index(s), (i_blk // STAGES) & 1)
+def _issue_qk(q, k_smem, k_ready, r, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+              STAGES: gl.constexpr):
+    """S = Q K^T, issued (async) once the key block at ring position r has landed in its stage."""
+    s = r % STAGES
+    mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
     return warpgroup_mma(q, k_smem.index(s).reshape([BN, D]).permute((1, 0)),
                          gl.zeros([BMW, BN], gl.float32, s_layout), use_acc=False, is_async=True)
 
 
 @gluon.jit
-def _issue_pv(b_pa, v_smem, v_ready, b_o, i_blk, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-    """O += P V(i_blk), issued (async) once the value block has landed in its stage."""
-    s = i_blk % STAGES
-    mbarrier.wait(v_ready.index(s), (i_blk // STAGES) & 1)
+def _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """O += P V, issued (async) once the value block at ring position r has landed in its stage."""
+    s = r % STAGES
+    mbarrier.wait(v_ready.index(s), (r // STAGES) & 1)
     return warpgroup_mma(b_pa, v_smem.index(s).reshape([BN, D]), b_o, is_async=True)
 
 
 @gluon.jit
 def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq, b_o, b_pa, b_m, b_l,
-          o_qpos, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
+          o_qpos, c, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
           BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr):
-    """Key block i_blk: S = Q K^T is issued, then PV of the previous block; the softmax of S runs while
-    that PV is on the tensor cores; then the accumulator is rescaled and P kept for the next step."""
-    s = i_blk % STAGES
-    sp = (i_blk - 1) % STAGES
+    """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, then PV of the previous block; the
+    softmax of S runs while that PV is on the tensor cores; then the accumulator is rescaled and P kept
+    for the next step."""
+    r = c + i_blk
     b_gk = _key_gates(gct, g_col0, b_g0, i_blk, s_layout, BN, USE_G)
-    b_s = _issue_qk(q, k_smem, k_ready, i_blk, s_layout, BMW, BN, D, STAGES)
-    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, i_blk - 1, BN, D, STAGES)
+    b_s = _issue_qk(q, k_smem, k_ready, r, s_layout, BMW, BN, D, STAGES)
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r - 1, BN, D, STAGES)
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
-    mbarrier.arrive(k_empty.index(s), count=1)
+    mbarrier.arrive(k_empty.index(r % STAGES), count=1)
     b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout, BN, USE_G,
                                   MASKED)
     # P of the previous block is an operand of the PV in flight: its registers stay live until the wait
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
-    mbarrier.arrive(v_empty.index(sp), count=1)
+    mbarrier.arrive(v_empty.index((r - 1) % STAGES), count=1)
     b_pa = gl.convert_layout(b_p.to(v_smem.dtype), b_pa.type.layout)
     b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, o_layout))[:, None]
     return b_o, b_pa, b_m, b_l
 
 
 @gluon.jit
-def _consumer(desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, gct, lse, i_b, i_hq, t0,
-              n_blk, offset, TQ, TK, g_col0, qk_scale, WG: gl.constexpr, HQ: gl.constexpr, BMW: gl.constexpr,
-              BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr):
-    """One warpgroup: query rows [t0 + WG * BMW, + BMW) of the tile against every key block of the tile."""
+def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
+                   i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr, HQ: gl.constexpr,
+                   BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr,
+                   USE_G: gl.constexpr):
+    """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) against the tile's key blocks, which sit
+    at ring positions c, c + 1, ...; the query rows in buffer it % NQ, which also stages the output for
+    its TMA store. With two buffers the previous tile's is released here once that store has read it;
+    with one, at the end of the tile."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BN, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    offset = TK - TQ  # query row r sits at absolute key position offset + r
+    g_col0 = (i_b * HQ + i_hq).to(gl.int64) * TKP  # this (batch, head)'s row of the base-2 gate sums
     r0 = t0 + WG * BMW
     o_t = r0 + gl.arange(0, BMW, layout=row_s)
     o_qpos = offset + o_t  # absolute positions of the rows
@@ -164,16 +201,21 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, 
     # blocks [0, n_off) precede every row of this warpgroup: no mask, scores without the row constant
     n_off = (offset + r0) // BN
 
-    mbarrier.wait(q_bar, 0)
-    q = q_smem.index(WG).reshape([BMW, D])
+    qb = it % NQ
+    mbarrier.wait(q_ready.index(qb), (it // NQ) & 1)
+    q = q_smem.index(2 * qb + WG).reshape([BMW, D])
     b_m = gl.full([BMW], float("-inf"), gl.float32, row_s)
     b_l = gl.zeros([BMW], gl.float32, row_s)
 
     # block 0 (nothing to overlap with yet)
     b_gk = _key_gates(gct, g_col0, b_g0, 0, s_layout, BN, USE_G)
-    b_s = _issue_qk(q, k_smem, k_ready, 0, s_layout, BMW, BN, D, STAGES)
+    b_s = _issue_qk(q, k_smem, k_ready, c, s_layout, BMW, BN, D, STAGES)
+    if NQ == 2:
+        if it > 0:
+            tma.store_wait(pendings=0)  # the previous tile's output has left its query buffer
+            mbarrier.arrive(q_empty.index(1 - qb), count=1)
     b_s = warpgroup_mma_wait(num_outstanding=0, deps=(b_s,))
-    mbarrier.arrive(k_empty.index(0), count=1)
+    mbarrier.arrive(k_empty.index(c % STAGES), count=1)
     if n_off > 0:
         b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, TK, qk_scale, s_layout, BN, USE_G, False)
     else:
@@ -184,170 +226,99 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, 
 
     for i_blk in range(1, n_off):
         b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq,
-                                    b_o, b_pa, b_m, b_l, o_qpos, i_blk, TK, qk_scale, s_layout, o_layout, BMW, BN, D,
-                                    STAGES, USE_G, False)
+                                    b_o, b_pa, b_m, b_l, o_qpos, c, i_blk, TK, qk_scale, s_layout, o_layout, BMW,
+                                    BN, D, STAGES, USE_G, False)
     if n_off > 0:
         b_m += b_gq  # back to the per-row representation: m = m' + (gq_i - g0)
     for i_blk in range(gl.maximum(n_off, 1), n_blk):
         b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq,
-                                    b_o, b_pa, b_m, b_l, o_qpos, i_blk, TK, qk_scale, s_layout, o_layout, BMW, BN, D,
-                                    STAGES, USE_G, True)
+                                    b_o, b_pa, b_m, b_l, o_qpos, c, i_blk, TK, qk_scale, s_layout, o_layout, BMW,
+                                    BN, D, STAGES, USE_G, True)
     # PV of the last block
-    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, n_blk - 1, BN, D, STAGES)
+    r = c + n_blk - 1
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN, D, STAGES)
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
-    mbarrier.arrive(v_empty.index((n_blk - 1) % STAGES), count=1)
+    mbarrier.arrive(v_empty.index(r % STAGES), count=1)
 
-    # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past TQ);
-    # natural-log lse = (m2 + log2 l) ln 2 with m2 the true base-2 row max
+    # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past TQ),
+    # waited for at the next tile (NQ = 2) or here (NQ = 1); natural-log lse = (m2 + log2 l) ln 2 with m2 the true base-2 row max
     b_o = b_o / gl.convert_layout(b_l, gl.SliceLayout(1, o_layout))[:, None]
     q.store(b_o.to(desc_o.dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(desc_o, [i_b, r0, i_hq * D], q_smem.index(WG))
+    tma.async_copy_shared_to_global(desc_o, [i_b, r0, i_hq * D], q_smem.index(2 * qb + WG))
     b_lse = (b_m + gl.log2(b_l)) * LN2
     gl.store(lse + ((i_b * TQ + o_t).to(gl.int64) * HQ + i_hq), b_lse, mask=o_t < TQ)
+    if NQ == 1:
+        tma.store_wait(pendings=0)
+        mbarrier.arrive(q_empty.index(0), count=1)
+
+
+@gluon.jit
+def _consumer(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
+              sched, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr, HQ: gl.constexpr,
+              G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+              NQ: gl.constexpr, USE_G: gl.constexpr):
+    """One warpgroup (WG = 0 or 1: the first or second BM / 2 rows of every tile) through this program's
+    tiles, in the producer's order."""
+    c = 0
+    it = 0
+    for k in range(k0, k1):
+        i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
+        _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct,
+                       lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2, BN, D, STAGES, NQ,
+                       USE_G)
+        c += n_blk
+        it += 1
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
-def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, scale, TQ, TK, TKP,
+def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                     B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
                                     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                                    USE_G: gl.constexpr):
-    # axis 0 enumerates (query tile, batch x query head), the tiles with the most keys first
+                                    NQ: gl.constexpr, USE_G: gl.constexpr):
+    # persistent: this program runs the tiles sched[k0:k1] (host-made, _schedule) in that order
     i_p = gl.program_id(0)
-    NT = gl.cdiv(TQ, BM)
-    i_bh = i_p % (B * HQ)
-    i_t = NT - 1 - i_p // (B * HQ)
-    i_b, i_hq = i_bh // HQ, i_bh % HQ
-    i_h = i_hq // G
-    t0 = i_t * BM
-    offset = TK - TQ  # query row r sits at absolute key position offset + r
-    n_blk = gl.cdiv(gl.minimum(offset + t0 + BM, TK), BN)  # key blocks the tile sees
-    g_col0 = (i_b * HQ + i_hq).to(gl.int64) * TKP  # this (batch, head)'s row of the base-2 gate sums
-    BMW: gl.constexpr = BM // 2
+    k0 = gl.load(sched + i_p)
+    k1 = gl.load(sched + i_p + 1)
 
-    q_smem = gl.allocate_shared_memory(desc_q.dtype, [2] + desc_q.block_type.shape, desc_q.layout)
+    # NQ query buffers of two warpgroup halves each: [2 * buffer + WG]
+    q_smem = gl.allocate_shared_memory(desc_q.dtype, [2 * NQ] + desc_q.block_type.shape, desc_q.layout)
     k_smem = gl.allocate_shared_memory(desc_k.dtype, [STAGES] + desc_k.block_type.shape, desc_k.layout)
     v_smem = gl.allocate_shared_memory(desc_v.dtype, [STAGES] + desc_v.block_type.shape, desc_v.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [NQ, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [NQ, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NQ):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warpgroup
     for s in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(s), count=1)
         mbarrier.init(v_ready.index(s), count=1)
-        mbarrier.init(k_empty.index(s), count=2)  # one arrival per consumer warpgroup
+        mbarrier.init(k_empty.index(s), count=2)
         mbarrier.init(v_empty.index(s), count=2)
     fence_async_shared()
 
     qk_scale = scale * LOG2E
     gl.warp_specialize([
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, gct, lse, i_b, i_hq,
-                     t0, n_blk, offset, TQ, TK, g_col0, qk_scale, 0, HQ, BMW, BN, D, STAGES, USE_G)),
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, gct, lse, i_b, i_hq,
-                     t0, n_blk, offset, TQ, TK, g_col0, qk_scale, 1, HQ, BMW, BN, D, STAGES, USE_G)),
-        (_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, i_b,
-                     i_hq, i_h, t0, n_blk, BMW, BN, D, STAGES)),
+        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
+                     sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES, NQ,
+                     USE_G)),
+        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
+                     sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES, NQ,
+                     USE_G)),
+        (_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
+                     v_empty, sched, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ)),
     ], [4, 1], [240, 24])
 
-    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(NQ):
+        mbarrier.invalidate(q_ready.index(i))
+        mbarrier.invalidate(q_empty.index(i))
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(k_ready.index(s))
         mbarrier.invalidate(v_ready.index(s))
         mbarrier.invalidate(k_empty.index(s))
         mbarrier.invalidate(v_empty.index(s))
-
-
-# ----------------------------------------------------------------------------------------------
-# host side
-# ----------------------------------------------------------------------------------------------
-
-# head dim -> (BM, BN, STAGES): BM query rows per program (two consumer warpgroups of BM / 2), BN keys
-# per block, STAGES-deep K and V rings. H100, 2026-11-24: at D=128 three stages were 2-5% faster from
-# T=4k on and 5% slower at T=1k (short key loops: fewer programs fit), so short ones keep two.
-# D=64 stays on the tl kernel: there the softmax (one exp2 per score) outweighs the halved products, and
-# this kernel measured 10-25% slower gated (H100, 2026-11-24, docs/notes-prefill.md, session 8); the
-# compile tests and direct calls still cover it.
-_BLOCKS = {64: (128, 128, 3), 128: (128, 128, 3)}
-_DISPATCH_D = (128,)
-_SHORT_TK = 2048
-
-
-def _blocks(D: int, TK: int) -> tuple[int, int, int]:
-    BM, BN, STAGES = _BLOCKS[D]
-    return (BM, BN, 2) if TK < _SHORT_TK else (BM, BN, STAGES)
-
-
-def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
-    """Whether the dispatch sends the call here: dense batch, 16-bit, head dim 128, on sm_90, with
-    TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
-    B, TQ, HQ, D = q.shape
-    TK = k.shape[1]
-    tensors = (q, k) if v is None else (q, k, v)
-    return (
-        cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and D in _DISPATCH_D
-        and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
-        and is_hopper(q.device) and 0 < TQ <= TK
-        and B * HQ * (TK + 16) < 2**31
-    )
-
-
-def _desc(x: torch.Tensor, block: list[int]):
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPE[x.dtype])
-    return TensorDescriptor.from_tensor(x, block, layout)
-
-
-_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-
-
-def compile_sm90(D: int, gated: bool):
-    """The kernel compiled for sm_90 without a GPU (``triton.compile`` of the Gluon source for a CUDA 9.0
-    target; small batch and head counts, the default blocks of head dim D): its ``asm`` (ttgir, ptx) and
-    ``metadata`` for resource checks on any machine. Needs TRITON_INTERPRET unset."""
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    fn = parallel_attn_fwd_hopper_kernel
-    BM, BN, STAGES = _BLOCKS[D]
-
-    def desc(block):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
-
-    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, USE_G=gated)
-    types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
-                 desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", scale="fp32", TQ="i32",
-                 TK="i32", TKP="i32")
-    sig, const = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in consts or types[name] is None:
-            sig[name] = "constexpr"
-            const[(i,)] = consts.get(name)
-        else:
-            sig[name] = types[name]
-    src = GluonASTSource(fn, sig, const, {})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-
-
-def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
-                             blocks: tuple[int, int, int] | None = None) -> None:
-    """Write o [B, TQ, HQ, D] and lse [B, TQ, HQ] (natural log) for q, k, v (contiguous) and the base-2
-    running gate sums as per-head rows gct [B * HQ, TKP] fp32 (None when ungated)."""
-    B, TQ, HQ, D = q.shape
-    TK, H = k.shape[1], k.shape[2]
-    BM, BN, STAGES = blocks or _blocks(D, TK)
-    # [B, T, NH * D] views: a [1, rows, D] block of one head; TMA zero-fills rows past T of its batch
-    desc_q = _desc(q.view(B, TQ, HQ * D), [1, BM // 2, D])
-    desc_o = _desc(o.view(B, TQ, HQ * D), [1, BM // 2, D])
-    desc_k = _desc(k.view(B, TK, H * D), [1, BN, D])
-    desc_v = _desc(v.view(B, TK, H * D), [1, BN, D])
-    TKP = gct.shape[1] if gct is not None else 0
-    grid = (triton.cdiv(TQ, BM) * B * HQ,)
-    # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
-    parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_o, gct, lse, scale, TQ, TK, TKP,
-                                          B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES,
-                                          USE_G=gct is not None, num_warps=4)

@@ -1,0 +1,145 @@
+"""Host side of the Gluon (sm_90) forward in ``parallel_fwd_hopper``: which calls it takes, the persistent
+programs' tile schedule, the TMA descriptors and the launch; and an offline sm_90 compile for the CPU
+tests."""
+
+from __future__ import annotations
+
+import functools
+import heapq
+
+import torch
+import triton
+from triton.experimental.gluon import language as gl
+
+from kernels.attn.parallel_fwd_hopper import parallel_attn_fwd_hopper_kernel
+from kernels.utils import is_hopper
+
+
+# head dim -> (BM, BN, STAGES, NQ): BM query rows per tile (two consumer warpgroups of BM / 2), BN keys
+# per block, STAGES-deep K and V rings, NQ query buffers (2: the next tile's rows load during a tile).
+# Shared memory: 2 * NQ * BM / 2 * D + 2 * STAGES * BN * D 16-bit values (192 KB at D=128 for 2 and 2).
+# The H100 sweep of 2026-11-24 (session 9, docs/notes-prefill.md): 3 or 4 stages with one or two query
+# buffers, and 64-key blocks at D=64, were no faster anywhere than (128, 128, 2, 2).
+_BLOCKS = {64: (128, 128, 2, 2), 128: (128, 128, 2, 2)}
+# head dim -> the key lengths sent here (None: all). At D=64 the softmax (one exp2 per score) weighs
+# more against the halved products and the tl kernel is 4-8% faster gated from 16k keys on (H100,
+# session 9); below 8192 this kernel is 1-21% faster.
+_DISPATCH = {64: 8192, 128: None}
+# (batch x head)s per group of the schedule (_schedule)
+_GROUP = 8
+
+
+def _blocks(D: int, TK: int) -> tuple[int, int, int, int]:
+    return _BLOCKS[D]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
+    """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim and key length of
+    ``_DISPATCH``, on sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
+    B, TQ, HQ, D = q.shape
+    TK = k.shape[1]
+    tensors = (q, k) if v is None else (q, k, v)
+    return (
+        cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+        and D in _DISPATCH and (_DISPATCH[D] is None or TK < _DISPATCH[D])
+        and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
+        and is_hopper(q.device) and 0 < TQ <= TK
+        and B * HQ * (TK + 16) < 2**31
+    )
+
+
+def _desc(x: torch.Tensor, block: list[int]):
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPE[x.dtype])
+    return TensorDescriptor.from_tensor(x, block, layout)
+
+
+_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+
+
+def compile_sm90(D: int, gated: bool):
+    """The kernel compiled for sm_90 without a GPU (``triton.compile`` of the Gluon source for a CUDA 9.0
+    target; small batch and head counts, the default blocks of head dim D): its ``asm`` (ttgir, ptx) and
+    ``metadata`` for resource checks on any machine. Needs TRITON_INTERPRET unset."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn = parallel_attn_fwd_hopper_kernel
+    BM, BN, STAGES, NQ = _BLOCKS[D]
+
+    def desc(block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
+
+    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated)
+    types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
+                 desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32",
+                 TQ="i32",
+                 TK="i32", TKP="i32")
+    sig, const = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts or types[name] is None:
+            sig[name] = "constexpr"
+            const[(i,)] = consts.get(name)
+        else:
+            sig[name] = types[name]
+    src = GluonASTSource(fn, sig, const, {})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+
+
+def _schedule(TQ: int, TK: int, BH: int, BM: int, BN: int, n_prog: int, GH: int, device) -> torch.Tensor:
+    """The persistent programs' tiles as int32 [n_prog + 1 + n_tiles]: n_prog + 1 bounds, then tile ids
+    (i_t * BH + bh); program p runs the ids at positions sched[p] to sched[p + 1], in that order.
+
+    Tiles are taken GH (batch x head)s at a time, in a group the longest query tiles first, and each goes
+    to the program with the least work so far (a tile costs its key blocks plus one for its prologue and
+    epilogue): the longest-first greedy rule balances the programs, and programs that run at the same time
+    read the keys of few heads, which stay in L2."""
+    NT = triton.cdiv(TQ, BM)
+    cost = [triton.cdiv(min(TK - TQ + (i_t + 1) * BM, TK), BN) + 1 for i_t in range(NT)]
+    heap = [(0, p) for p in range(n_prog)]
+    tiles: list[list[int]] = [[] for _ in range(n_prog)]
+    for g0 in range(0, BH, GH):
+        for i_t in range(NT - 1, -1, -1):
+            for bh in range(g0, min(g0 + GH, BH)):
+                load, p = heap[0]
+                tiles[p].append(i_t * BH + bh)
+                heapq.heapreplace(heap, (load + cost[i_t], p))
+    bounds = [n_prog + 1]
+    for t in tiles:
+        bounds.append(bounds[-1] + len(t))
+    return torch.tensor(bounds + [i for t in tiles for i in t], dtype=torch.int32).to(device, non_blocking=True)
+
+
+_schedule_cached = functools.lru_cache(maxsize=64)(_schedule)
+
+
+def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
+                             blocks: tuple[int, int, int, int] | None = None, programs: int | None = None,
+                             group: int | None = None) -> None:
+    """Write o [B, TQ, HQ, D] and lse [B, TQ, HQ] (natural log) for q, k, v (contiguous) and the base-2
+    running gate sums as per-head rows gct [B * HQ, TKP] fp32 (None when ungated). One program per SM
+    (``programs`` overrides, e.g. for tests that give every program many tiles)."""
+    B, TQ, HQ, D = q.shape
+    TK, H = k.shape[1], k.shape[2]
+    BM, BN, STAGES, NQ = blocks or _blocks(D, TK)
+    # [B, T, NH * D] views: a [1, rows, D] block of one head; TMA zero-fills rows past T of its batch
+    desc_q = _desc(q.view(B, TQ, HQ * D), [1, BM // 2, D])
+    desc_o = _desc(o.view(B, TQ, HQ * D), [1, BM // 2, D])
+    desc_k = _desc(k.view(B, TK, H * D), [1, BN, D])
+    desc_v = _desc(v.view(B, TK, H * D), [1, BN, D])
+    TKP = gct.shape[1] if gct is not None else 0
+    n_tiles = triton.cdiv(TQ, BM) * B * HQ
+    n_prog = min(n_tiles, programs or _sm_count(q.device.index if q.device.index is not None else 0))
+    sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, group or _GROUP, q.device)
+    grid = (n_prog,)
+    # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
+    parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
+                                          B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
+                                          USE_G=gct is not None, num_warps=4)
