@@ -64,11 +64,11 @@ def _tile(i_p, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: g
 def _producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
               sched, k0, k1, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr,
               BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr):
-    """One warp, running ahead of the consumers through this program's tiles: per tile the two
-    warpgroups' query rows into query buffer it % NQ (free once both consumers released it: NQ = 2
-    lets the next tile's rows load while a tile runs), then K and V block by block into STAGES-deep rings, whose position c runs on across
-    tiles. A stage is refilled once both consumers released it (empty barriers count two arrivals; a
-    fresh barrier passes the first wait of parity 1)."""
+    """One warp, running ahead of the consumers through this program's tiles. Per tile: the two
+    warpgroups' query rows into query buffer it % NQ (free once both consumers released it; NQ = 2
+    lets the next tile's rows load while a tile runs), then K and V block by block into STAGES-deep
+    rings, whose position c runs on across tiles. A stage is refilled once both consumers released it
+    (empty barriers count two arrivals; a fresh barrier passes the first wait of parity 1)."""
     BMW: gl.constexpr = BM // 2
     c = 0
     it = 0
@@ -241,7 +241,8 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
     mbarrier.arrive(v_empty.index(r % STAGES), count=1)
 
     # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past TQ),
-    # waited for at the next tile (NQ = 2) or here (NQ = 1); natural-log lse = (m2 + log2 l) ln 2 with m2 the true base-2 row max
+    # waited for at the next tile (NQ = 2) or here (NQ = 1); natural-log lse = (m2 + log2 l) ln 2 with
+    # m2 the true base-2 row max
     b_o = b_o / gl.convert_layout(b_l, gl.SliceLayout(1, o_layout))[:, None]
     q.store(b_o.to(desc_o.dtype))
     fence_async_shared()
