@@ -13,8 +13,18 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+_HOPPER_DEV: dict = {}  # device (as passed, not None) -> sm_90
+
+
 def is_hopper(device: torch.device | None = None) -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
+    """Whether the device (default: the current one) is sm_90; cached per device given, a per-call
+    check on the prefill path."""
+    ok = _HOPPER_DEV.get(device) if device is not None else None
+    if ok is None:
+        ok = torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
+        if device is not None:
+            _HOPPER_DEV[device] = ok
+    return ok
 
 
 def cdiv(a: int, b: int) -> int:

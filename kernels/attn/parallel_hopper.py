@@ -12,7 +12,7 @@ import triton
 from triton.experimental.gluon import language as gl
 
 from kernels.attn.parallel_fwd_hopper import parallel_attn_fwd_hopper_kernel
-from kernels.utils import is_hopper
+from kernels.utils import is_hopper, num_sms
 
 
 # head dim -> (BM, BN, STAGES, NQ): BM query rows per tile (two consumer warpgroups of BM / 2), BN keys
@@ -33,11 +33,6 @@ def _blocks(D: int, TK: int) -> tuple[int, int, int, int]:
     return _BLOCKS[D]
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
     """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim and key length of
     ``_DISPATCH``, on sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
@@ -53,11 +48,16 @@ def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | No
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_layout(block: tuple[int, ...], dtype: torch.dtype):
+    # cached: building it costs about as much host time as the descriptor itself
+    return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPE[dtype])
+
+
 def _desc(x: torch.Tensor, block: list[int]):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPE[x.dtype])
-    return TensorDescriptor.from_tensor(x, block, layout)
+    return TensorDescriptor.from_tensor(x, block, _smem_layout(tuple(block), x.dtype))
 
 
 _GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
@@ -136,7 +136,7 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     desc_v = _desc(v.view(B, TK, H * D), [1, BN, D])
     TKP = gct.shape[1] if gct is not None else 0
     n_tiles = triton.cdiv(TQ, BM) * B * HQ
-    n_prog = min(n_tiles, programs or _sm_count(q.device.index if q.device.index is not None else 0))
+    n_prog = min(n_tiles, programs or num_sms(q.device))
     sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, group or _GROUP, q.device)
     grid = (n_prog,)
     # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
