@@ -63,6 +63,33 @@ def test_compiles_for_sm90_warp_specialised(D, gated):
     assert "async_tma_copy_global_to_local" in ttgir and "async_tma_copy_local_to_global" in ttgir
 
 
+@pytest.mark.parametrize("TQ,TK,BH,n_prog,group", [(1024, 1024, 256, 132, 8), (333, 600, 8, 3, 8), (16384, 16384, 16, 132, 8),
+                                                  (4096, 4096, 128, 132, 3), (100, 100, 5, 132, 8)])
+def test_schedule_runs_every_tile_once_balanced(TQ, TK, BH, n_prog, group):
+    """The persistent programs' tile lists: every tile exactly once, bounds consistent, each program's
+    tiles in the order of the grouped sequence (groups of heads, longest tiles first), and the programs'
+    work (key blocks + 1 per tile) within 10% of the mean where there are many tiles per program."""
+    BM = BN = 128
+    NT = -(-TQ // BM)
+    n_prog = min(n_prog, NT * BH)
+    sched = parallel_hopper._schedule(TQ, TK, BH, BM, BN, n_prog, group, "cpu").tolist()
+    bounds, ids = sched[:n_prog + 1], sched[n_prog + 1:]
+    assert bounds[0] == n_prog + 1 and bounds[-1] == len(sched) and bounds == sorted(bounds)
+    assert sorted(ids) == list(range(NT * BH))
+
+    def rank(i):  # position of tile i in the grouped sequence
+        i_t, bh = divmod(i, BH)
+        return (bh // group, NT - 1 - i_t, bh)
+
+    loads = []
+    for p in range(n_prog):
+        tiles = sched[bounds[p]:bounds[p + 1]]
+        assert [rank(i) for i in tiles] == sorted(rank(i) for i in tiles)
+        loads.append(sum(-(-min(TK - TQ + (i // BH + 1) * BM, TK) // BN) + 1 for i in tiles))
+    if len(ids) >= 8 * n_prog:
+        assert max(loads) <= 1.1 * sum(loads) / n_prog
+
+
 # ----------------------------------------------------------------------------------------------
 # GPU (sm_90): outputs against the reference
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +174,31 @@ def test_persistent_programs_walk_many_tiles(programs, blocks, gated):
                                          gc=gc.double() if gated else None, return_lse=True)
     assert rel_err(o, ref_o) < RTOL[torch.bfloat16]
     assert rel_err(lse, ref_lse) < 1e-5
+
+
+@gpu
+def test_schedule_survives_in_a_captured_graph(monkeypatch):
+    """A CUDA graph captured after a warm-up replays correctly after its shape's schedule left the cache
+    (the graph keeps reading the tensor it captured); a shape first met inside a capture is refused."""
+    monkeypatch.setattr(parallel_hopper, "_SCHEDULES_MAX", 4)
+    q, k, v, gc = _inputs(2, 300, 300, 4, 2, 128, torch.bfloat16)
+    o = parallel.parallel_attn(q, k, v, gc=gc)  # warm-up: compiles, caches the schedule
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_graph = parallel.parallel_attn(q, k, v, gc=gc)
+    for n in range(8):  # other shapes push this one out of the cache
+        parallel_hopper._schedule_cached(100 + n, 100 + n, 4, 128, 128, 1, 8, q.device)
+    # small tensors like the schedule (49 int32 here) would take its memory had it been freed
+    filler = [torch.full((n,), 7, dtype=torch.int32, device="cuda") for n in range(16, 400, 3)]
+    o_graph.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_graph, o)
+    del filler
+    q2, k2, v2, gc2 = _inputs(1, 257, 257, 4, 2, 128, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="inside CUDA-graph capture"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            parallel.parallel_attn(q2, k2, v2, gc=gc2)
 
 
 @gpu

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+from collections import OrderedDict
 
 import torch
 import triton
@@ -117,7 +118,30 @@ def _schedule(TQ: int, TK: int, BH: int, BM: int, BN: int, n_prog: int, GH: int,
     return torch.tensor(bounds + [i for t in tiles for i in t], dtype=torch.int32).to(device, non_blocking=True)
 
 
-_schedule_cached = functools.lru_cache(maxsize=64)(_schedule)
+_SCHEDULES: OrderedDict = OrderedDict()  # recent shapes' schedules (at most _SCHEDULES_MAX)
+_SCHEDULES_MAX = 64
+_CAPTURED: dict = {}  # schedules read by captured CUDA graphs: never freed
+
+
+def _schedule_cached(*key) -> torch.Tensor:
+    """``_schedule(*key)``, kept for the recent shapes. A captured CUDA graph reads the tensor at replay,
+    so one used while capturing is kept for good; building one while capturing (a host-to-device copy)
+    is refused: run the call once before the capture, as a warm-up does."""
+    capturing = torch.cuda.is_current_stream_capturing()
+    sched = _SCHEDULES.get(key)
+    if sched is None:
+        if capturing:
+            raise RuntimeError("the Gluon forward met a new shape inside CUDA-graph capture; "
+                               "run it once at that shape before capturing")
+        sched = _schedule(*key)
+        _SCHEDULES[key] = sched
+        if len(_SCHEDULES) > _SCHEDULES_MAX:
+            _SCHEDULES.popitem(last=False)
+    else:
+        _SCHEDULES.move_to_end(key)
+    if capturing:
+        _CAPTURED[key] = sched
+    return sched
 
 
 def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
