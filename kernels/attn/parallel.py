@@ -68,8 +68,6 @@ if _INTERPRET:
 # ----------------------------------------------------------------------------------------------
 
 
-
-
 def _dot_prec(dtype: torch.dtype) -> str:
     # fp32 inputs get exact fp32 products (tf32 would cost ~3e-4 relative error)
     if _INTERPRET and dtype == torch.bfloat16:

@@ -30,10 +30,6 @@ _DISPATCH = {64: 8192, 128: None}
 _GROUP = 8
 
 
-def _blocks(D: int, TK: int) -> tuple[int, int, int, int]:
-    return _BLOCKS[D]
-
-
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
     """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim and key length of
     ``_DISPATCH``, on sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
@@ -49,6 +45,9 @@ def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | No
     )
 
 
+_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+
+
 @functools.lru_cache(maxsize=None)
 def _smem_layout(block: tuple[int, ...], dtype: torch.dtype):
     # cached: building it costs about as much host time as the descriptor itself
@@ -59,9 +58,6 @@ def _desc(x: torch.Tensor, block: list[int]):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     return TensorDescriptor.from_tensor(x, block, _smem_layout(tuple(block), x.dtype))
-
-
-_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 
 
 def compile_sm90(D: int, gated: bool):
@@ -75,14 +71,13 @@ def compile_sm90(D: int, gated: bool):
     BM, BN, STAGES, NQ = _BLOCKS[D]
 
     def desc(block):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        layout = _smem_layout(tuple(block), torch.bfloat16)
         return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
 
     consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated)
     types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
                  desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32",
-                 TQ="i32",
-                 TK="i32", TKP="i32")
+                 TQ="i32", TK="i32", TKP="i32")
     sig, const = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts or types[name] is None:
@@ -152,7 +147,7 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     (``programs`` overrides, e.g. for tests that give every program many tiles)."""
     B, TQ, HQ, D = q.shape
     TK, H = k.shape[1], k.shape[2]
-    BM, BN, STAGES, NQ = blocks or _blocks(D, TK)
+    BM, BN, STAGES, NQ = blocks or _BLOCKS[D]
     # [B, T, NH * D] views: a [1, rows, D] block of one head; TMA zero-fills rows past T of its batch
     desc_q = _desc(q.view(B, TQ, HQ * D), [1, BM // 2, D])
     desc_o = _desc(o.view(B, TQ, HQ * D), [1, BM // 2, D])
