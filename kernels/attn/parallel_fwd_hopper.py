@@ -8,8 +8,8 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
 * warp specialisation: one producer warp issues every TMA load (the two warpgroups' query rows, then
   K and V block by block into STAGES-deep rings, a ready and an empty mbarrier per stage) and gives
   its registers to two consumer warpgroups (setmaxnreg 24 / 240), each owning 64 query rows of the
-  program's 128. The consumers never wait for each other, so one's softmax runs while the other's
-  products are on the tensor cores.
+  program's 128. The consumers issue their products in turns (ping-pong, two mbarriers), so one's
+  softmax runs while the other's products are on the tensor cores.
 * within a consumer, the softmax of block j overlaps the PV product of block j - 1:
 
       S(j) = Q K(j)^T (async);  PV(j-1) += P(j-1) V(j-1) (async);  wait S(j);  release K(j)
@@ -131,6 +131,21 @@ def _key_gates(gct, g_col0, b_g0, i_blk, s_layout: gl.constexpr, BN: gl.constexp
 
 
 @gluon.jit
+def _turn_wait(turn, n, WG: gl.constexpr, PP: gl.constexpr):
+    """Ping-pong (PP): the two consumers issue their products in strict alternation, so that one's
+    softmax runs while the other's products occupy the tensor cores. Issue group n of consumer WG waits
+    for the other's group n - 1 + WG (a fresh barrier passes a wait of parity 1: WG 0 starts)."""
+    if PP:
+        mbarrier.wait(turn.index(WG), (n + 1 - WG) & 1)
+
+
+@gluon.jit
+def _turn_pass(turn, WG: gl.constexpr, PP: gl.constexpr):
+    if PP:
+        mbarrier.arrive(turn.index(1 - WG), count=1)
+
+
+@gluon.jit
 def _issue_qk(q, k_smem, k_ready, r, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
               STAGES: gl.constexpr):
     """S = Q K^T, issued (async) once the key block at ring position r has landed in its stage."""
@@ -149,16 +164,19 @@ def _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN: gl.constexpr, D: gl.constexpr, 
 
 
 @gluon.jit
-def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq, b_o, b_pa, b_m, b_l,
-          o_qpos, c, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
-          BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr):
+def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, gct, g_col0, b_g0, b_gq, b_o, b_pa, b_m, b_l,
+          o_qpos, c, it, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
+          BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr,
+          WG: gl.constexpr, PP: gl.constexpr):
     """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, then PV of the previous block; the
     softmax of S runs while that PV is on the tensor cores; then the accumulator is rescaled and P kept
     for the next step."""
     r = c + i_blk
     b_gk = _key_gates(gct, g_col0, b_g0, i_blk, s_layout, BN, USE_G)
+    _turn_wait(turn, r + it, WG, PP)
     b_s = _issue_qk(q, k_smem, k_ready, r, s_layout, BMW, BN, D, STAGES)
     b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r - 1, BN, D, STAGES)
+    _turn_pass(turn, WG, PP)
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
     mbarrier.arrive(k_empty.index(r % STAGES), count=1)
     b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout, BN, USE_G,
@@ -172,10 +190,10 @@ def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_
 
 
 @gluon.jit
-def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
-                   i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr, HQ: gl.constexpr,
+def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct,
+                   lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr, HQ: gl.constexpr,
                    BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr,
-                   USE_G: gl.constexpr):
+                   USE_G: gl.constexpr, PP: gl.constexpr):
     """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) against the tile's key blocks, which sit
     at ring positions c, c + 1, ...; the query rows in buffer it % NQ, which also stages the output for
     its TMA store. With two buffers the previous tile's is released here once that store has read it;
@@ -209,7 +227,9 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
 
     # block 0 (nothing to overlap with yet)
     b_gk = _key_gates(gct, g_col0, b_g0, 0, s_layout, BN, USE_G)
+    _turn_wait(turn, c + it, WG, PP)  # issue groups: one per key block and the last PV, c + it before this tile
     b_s = _issue_qk(q, k_smem, k_ready, c, s_layout, BMW, BN, D, STAGES)
+    _turn_pass(turn, WG, PP)
     if NQ == 2:
         if it > 0:
             tma.store_wait(pendings=0)  # the previous tile's output has left its query buffer
@@ -225,18 +245,20 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
     b_o = gl.zeros([BMW, D], gl.float32, o_layout)
 
     for i_blk in range(1, n_off):
-        b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq,
-                                    b_o, b_pa, b_m, b_l, o_qpos, c, i_blk, TK, qk_scale, s_layout, o_layout, BMW,
-                                    BN, D, STAGES, USE_G, False)
+        b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, gct, g_col0, b_g0,
+                                    b_gq, b_o, b_pa, b_m, b_l, o_qpos, c, it, i_blk, TK, qk_scale, s_layout,
+                                    o_layout, BMW, BN, D, STAGES, USE_G, False, WG, PP)
     if n_off > 0:
         b_m += b_gq  # back to the per-row representation: m = m' + (gq_i - g0)
     for i_blk in range(gl.maximum(n_off, 1), n_blk):
-        b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, gct, g_col0, b_g0, b_gq,
-                                    b_o, b_pa, b_m, b_l, o_qpos, c, i_blk, TK, qk_scale, s_layout, o_layout, BMW,
-                                    BN, D, STAGES, USE_G, True)
+        b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, gct, g_col0, b_g0,
+                                    b_gq, b_o, b_pa, b_m, b_l, o_qpos, c, it, i_blk, TK, qk_scale, s_layout,
+                                    o_layout, BMW, BN, D, STAGES, USE_G, True, WG, PP)
     # PV of the last block
     r = c + n_blk - 1
+    _turn_wait(turn, r + 1 + it, WG, PP)
     b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN, D, STAGES)
+    _turn_pass(turn, WG, PP)
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
     mbarrier.arrive(v_empty.index(r % STAGES), count=1)
 
@@ -255,19 +277,19 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
 
 
 @gluon.jit
-def _consumer(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
+def _consumer(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct, lse,
               sched, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr, HQ: gl.constexpr,
               G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-              NQ: gl.constexpr, USE_G: gl.constexpr):
+              NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
     """One warpgroup (WG = 0 or 1: the first or second BM / 2 rows of every tile) through this program's
     tiles, in the producer's order."""
     c = 0
     it = 0
     for k in range(k0, k1):
         i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
-        _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct,
-                       lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2, BN, D, STAGES, NQ,
-                       USE_G)
+        _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
+                       gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2, BN, D, STAGES,
+                       NQ, USE_G, PP)
         c += n_blk
         it += 1
     tma.store_wait(pendings=0)
@@ -277,7 +299,7 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty
 def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                     B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
                                     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                                    NQ: gl.constexpr, USE_G: gl.constexpr):
+                                    NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
     # persistent: this program runs the tiles sched[k0:k1] (host-made, _schedule) in that order
     i_p = gl.program_id(0)
     k0 = gl.load(sched + i_p)
@@ -293,9 +315,12 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # [WG]: its turn to issue
     for i in gl.static_range(NQ):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warpgroup
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
     for s in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(s), count=1)
         mbarrier.init(v_ready.index(s), count=1)
@@ -305,12 +330,10 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
 
     qk_scale = scale * LOG2E
     gl.warp_specialize([
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
-                     sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES, NQ,
-                     USE_G)),
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, gct, lse,
-                     sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES, NQ,
-                     USE_G)),
+        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct,
+                     lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G, PP)),
+        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct,
+                     lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G, PP)),
         (_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
                      v_empty, sched, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ)),
     ], [4, 1], [240, 24])
@@ -318,6 +341,8 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
     for i in gl.static_range(NQ):
         mbarrier.invalidate(q_ready.index(i))
         mbarrier.invalidate(q_empty.index(i))
+    for i in gl.static_range(2):
+        mbarrier.invalidate(turn.index(i))
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(k_ready.index(s))
         mbarrier.invalidate(v_ready.index(s))

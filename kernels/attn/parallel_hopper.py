@@ -28,6 +28,8 @@ _BLOCKS = {64: (128, 128, 2, 2), 128: (128, 128, 2, 2)}
 _DISPATCH = {64: 8192, 128: None}
 # (batch x head)s per group of the schedule (_schedule)
 _GROUP = 8
+# the two consumers issue their products in turns (``parallel_fwd_hopper._turn_wait``)
+_PINGPONG = True
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
@@ -74,7 +76,7 @@ def compile_sm90(D: int, gated: bool):
         layout = _smem_layout(tuple(block), torch.bfloat16)
         return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
 
-    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated)
+    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated, PP=_PINGPONG)
     types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
                  desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32",
                  TQ="i32", TK="i32", TKP="i32")
@@ -161,4 +163,4 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
     parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                           B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
-                                          USE_G=gct is not None, num_warps=4)
+                                          USE_G=gct is not None, PP=_PINGPONG, num_warps=4)
