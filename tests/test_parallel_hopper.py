@@ -37,9 +37,10 @@ def _compile_sm90(D: int, gated: bool) -> dict:
     TRITON_INTERPRET: under the interpreter (as the CPU suite runs) Triton's own jit functions that Gluon
     calls (gl.max, gl.sum) are interpreter objects that the compiler refuses; a warm Triton cache hid
     that until a cold-cache run."""
-    code = ("import json, sys; from kernels.attn.parallel_hopper import compile_sm90; "
+    code = ("import base64, json, sys; from kernels.attn.parallel_hopper import compile_sm90; "
             "k = compile_sm90(int(sys.argv[1]), sys.argv[2] == '1'); "
-            "json.dump(dict(ttgir=k.asm['ttgir'], ptx=k.asm['ptx'], shared=k.metadata.shared), sys.stdout)")
+            "json.dump(dict(ttgir=k.asm['ttgir'], ptx=k.asm['ptx'], shared=k.metadata.shared, "
+            "cubin=base64.b64encode(k.asm['cubin']).decode()), sys.stdout)")
     env = {n: v for n, v in os.environ.items() if n != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code, str(D), str(int(gated))], env=env, capture_output=True,
                          text=True, timeout=600)
@@ -61,6 +62,50 @@ def test_compiles_for_sm90_warp_specialised(D, gated):
     assert ttgir.count("isAsync = true") >= 6
     assert "pendings = 1" in ttgir
     assert "async_tma_copy_global_to_local" in ttgir and "async_tma_copy_local_to_global" in ttgir
+    # the producer loads Q (two halves), K, V and, gated, the key blocks' gate sums
+    assert ttgir.count("async_tma_copy_global_to_local") == 4 + gated
+    # ping-pong: the consumers take turns through two more mbarriers (17 waits and arrivals without)
+    assert ptx.count("mbarrier.try_wait") >= 25 and ptx.count("mbarrier.arrive") >= 25
+
+
+def _sass_events(cubin: bytes) -> list[str]:
+    """The SASS of a cubin (Triton's bundled nvdisasm) as a list of events: 'W1' / 'W0' for the
+    warpgroup MMA waits (one group / none left in flight), 'X' for an exp2."""
+    import base64
+    import tempfile
+
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    if not os.path.exists(nvdisasm):
+        pytest.skip("Triton ships no nvdisasm here")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(base64.b64decode(cubin))
+        f.flush()
+        sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    events = []
+    for line in sass.splitlines():
+        if "WARPGROUP.DEPBAR.LE gsb0" in line:
+            events.append("W" + line.split(",")[-1].strip(" ;")[-1])
+        elif "MUFU.EX2" in line:
+            events.append("X")
+    return events
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("gated", [True, False])
+def test_softmax_runs_while_the_pv_product_is_in_flight(D, gated):
+    """In every step the 64 exponentials of a thread's scores sit between the wait for S(j) (one group
+    left: PV(j-1)) and the wait for PV(j) in the SASS. ptxas otherwise hoists the second wait above them
+    (the kernel's shared-memory store of the row sums prevents it; without it this fails)."""
+    events = _sass_events(_compile_sm90(D, gated)["cubin"].encode())
+    steps = [i for i, e in enumerate(events) if e == "W1"]
+    assert steps, "no step waits for S with the PV product in flight"
+    for i in steps:
+        n_exp = 0
+        for e in events[i + 1:]:
+            if e == "W0":
+                break
+            n_exp += e == "X"
+        assert n_exp >= 64, f"only {n_exp} exp2 between the S wait and the PV wait"
 
 
 @pytest.mark.parametrize("TQ,TK,BH,n_prog,group", [(1024, 1024, 256, 132, 8), (333, 600, 8, 3, 8), (16384, 16384, 16, 132, 8),

@@ -22,9 +22,9 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
   K/V rings' positions carry over, and the next tile's query rows load into a second buffer while a
   tile runs (NQ = 2).
 
-The keys' gate sums are read per block from the per-head base-2 rows (gct, as the tl kernel's unmasked
-blocks), and the queries' from the same rows, so that a query and the key at its own position cancel
-exactly.
+The keys' gate sums come per block from the per-head base-2 rows (gct, as the tl kernel's unmasked
+blocks), loaded by the producer into the K ring's stage beside the keys; the queries' come from the
+same rows, so that a query and the key at its own position cancel exactly.
 
 Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch: 128, and 64 below
 8192 keys), Tq <= Tk, on sm_90. The host (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel
@@ -61,13 +61,15 @@ def _tile(i_p, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: g
 
 
 @gluon.jit
-def _producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-              sched, k0, k1, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr,
-              BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr):
+def _producer(desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty,
+              v_ready, v_empty, sched, k0, k1, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr,
+              USE_G: gl.constexpr):
     """One warp, running ahead of the consumers through this program's tiles. Per tile: the two
     warpgroups' query rows into query buffer it % NQ (free once both consumers released it; NQ = 2
     lets the next tile's rows load while a tile runs), then K and V block by block into STAGES-deep
-    rings, whose position c runs on across tiles. A stage is refilled once both consumers released it
+    rings, whose position c runs on across tiles; gated, a key block's base-2 gate sums ride with it
+    (same stage, same barrier). A stage is refilled once both consumers released it
     (empty barriers count two arrivals; a fresh barrier passes the first wait of parity 1)."""
     BMW: gl.constexpr = BM // 2
     c = 0
@@ -84,7 +86,12 @@ def _producer(desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, 
             s = (c + i_blk) % STAGES
             ph = (((c + i_blk) // STAGES) & 1) ^ 1
             mbarrier.wait(k_empty.index(s), ph)
-            mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
+            if USE_G:
+                mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes + desc_g.block_type.nbytes)
+                tma.async_copy_global_to_shared(desc_g, [i_b * HQ + i_hq, i_blk * BN], k_ready.index(s),
+                                                g_smem.index(s))
+            else:
+                mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
             tma.async_copy_global_to_shared(desc_k, [i_b, i_blk * BN, i_h * D], k_ready.index(s), k_smem.index(s))
             mbarrier.wait(v_empty.index(s), ph)
             mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
@@ -120,12 +127,13 @@ def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout: g
 
 
 @gluon.jit
-def _key_gates(gct, g_col0, b_g0, i_blk, s_layout: gl.constexpr, BN: gl.constexpr, USE_G: gl.constexpr):
-    """[BN] base-2 gate sums of key block i_blk relative to g0 (columns past TK read the row's padding or
-    the next row: only masked blocks reach them, and there they are masked)."""
+def _key_gates(g_smem, b_g0, r, s_layout: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+               USE_G: gl.constexpr):
+    """[BN] base-2 gate sums of the key block at ring position r relative to g0, read from its stage
+    (landed with the keys; columns past the row's end are zero-filled or padding, and masked). Read
+    after the QK wait, so that the values do not hold registers while the products run."""
     if USE_G:
-        o_k = i_blk * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        return gl.load(gct + g_col0 + o_k) - b_g0
+        return g_smem.index(r % STAGES).reshape([BN]).load(gl.SliceLayout(0, s_layout)) - b_g0
     else:
         return gl.zeros([BN], gl.float32, gl.SliceLayout(0, s_layout))
 
@@ -164,36 +172,39 @@ def _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN: gl.constexpr, D: gl.constexpr, 
 
 
 @gluon.jit
-def _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, gct, g_col0, b_g0, b_gq, b_o, b_pa, b_m, b_l,
-          o_qpos, c, it, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
+def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem, b_g0, b_gq, b_o, b_pa, b_m, b_l,
+          b_r, o_qpos, c, it, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
           BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr,
           WG: gl.constexpr, PP: gl.constexpr):
-    """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, then PV of the previous block; the
-    softmax of S runs while that PV is on the tensor cores; then the accumulator is rescaled and P kept
-    for the next step."""
+    """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, the accumulator rescaled by the
+    previous block's factor b_r, then PV of the previous block issued; the softmax of S runs while that
+    PV is on the tensor cores; P and the new factor are kept for the next step (FA3's order)."""
     r = c + i_blk
-    b_gk = _key_gates(gct, g_col0, b_g0, i_blk, s_layout, BN, USE_G)
     _turn_wait(turn, r + it, WG, PP)
     b_s = _issue_qk(q, k_smem, k_ready, r, s_layout, BMW, BN, D, STAGES)
+    b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, b_o.type.layout))[:, None]
     b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r - 1, BN, D, STAGES)
     _turn_pass(turn, WG, PP)
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
+    b_gk = _key_gates(g_smem, b_g0, r, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(r % STAGES), count=1)
     b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout, BN, USE_G,
                                   MASKED)
-    # P of the previous block is an operand of the PV in flight: its registers stay live until the wait
+    b_pn = gl.convert_layout(b_p.to(v_smem.dtype), b_pa.type.layout)
+    # ptxas schedules the PV wait right after the QK wait, above the exponentials, wherever it stands in
+    # the source (the softmax is register-only); a shared-memory store of the row sums, which needs every
+    # exponential and which ptxas keeps ahead of the wait, holds the wait below them. Nothing reads it.
+    l_smem.index(WG).store(b_l)
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
     mbarrier.arrive(v_empty.index((r - 1) % STAGES), count=1)
-    b_pa = gl.convert_layout(b_p.to(v_smem.dtype), b_pa.type.layout)
-    b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, o_layout))[:, None]
-    return b_o, b_pa, b_m, b_l
+    return b_o, b_pn, b_m, b_l, b_r
 
 
 @gluon.jit
-def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct,
-                   lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr, HQ: gl.constexpr,
-                   BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr,
-                   USE_G: gl.constexpr, PP: gl.constexpr):
+def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
+                   l_smem, gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr,
+                   HQ: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                   NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
     """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) against the tile's key blocks, which sit
     at ring positions c, c + 1, ...; the query rows in buffer it % NQ, which also stages the output for
     its TMA store. With two buffers the previous tile's is released here once that store has read it;
@@ -226,7 +237,6 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
     b_l = gl.zeros([BMW], gl.float32, row_s)
 
     # block 0 (nothing to overlap with yet)
-    b_gk = _key_gates(gct, g_col0, b_g0, 0, s_layout, BN, USE_G)
     _turn_wait(turn, c + it, WG, PP)  # issue groups: one per key block and the last PV, c + it before this tile
     b_s = _issue_qk(q, k_smem, k_ready, c, s_layout, BMW, BN, D, STAGES)
     _turn_pass(turn, WG, PP)
@@ -235,6 +245,7 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
             tma.store_wait(pendings=0)  # the previous tile's output has left its query buffer
             mbarrier.arrive(q_empty.index(1 - qb), count=1)
     b_s = warpgroup_mma_wait(num_outstanding=0, deps=(b_s,))
+    b_gk = _key_gates(g_smem, b_g0, c, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(c % STAGES), count=1)
     if n_off > 0:
         b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, TK, qk_scale, s_layout, BN, USE_G, False)
@@ -245,18 +256,19 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
     b_o = gl.zeros([BMW, D], gl.float32, o_layout)
 
     for i_blk in range(1, n_off):
-        b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, gct, g_col0, b_g0,
-                                    b_gq, b_o, b_pa, b_m, b_l, o_qpos, c, it, i_blk, TK, qk_scale, s_layout,
-                                    o_layout, BMW, BN, D, STAGES, USE_G, False, WG, PP)
+        b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
+                                         b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, TK, qk_scale,
+                                         s_layout, o_layout, BMW, BN, D, STAGES, USE_G, False, WG, PP)
     if n_off > 0:
         b_m += b_gq  # back to the per-row representation: m = m' + (gq_i - g0)
     for i_blk in range(gl.maximum(n_off, 1), n_blk):
-        b_o, b_pa, b_m, b_l = _step(q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turn, gct, g_col0, b_g0,
-                                    b_gq, b_o, b_pa, b_m, b_l, o_qpos, c, it, i_blk, TK, qk_scale, s_layout,
-                                    o_layout, BMW, BN, D, STAGES, USE_G, True, WG, PP)
+        b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
+                                         b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, TK, qk_scale,
+                                         s_layout, o_layout, BMW, BN, D, STAGES, USE_G, True, WG, PP)
     # PV of the last block
     r = c + n_blk - 1
     _turn_wait(turn, r + 1 + it, WG, PP)
+    b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, o_layout))[:, None]
     b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN, D, STAGES)
     _turn_pass(turn, WG, PP)
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
@@ -277,26 +289,26 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_
 
 
 @gluon.jit
-def _consumer(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct, lse,
-              sched, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr, HQ: gl.constexpr,
-              G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-              NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
+def _consumer(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
+              l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr,
+              HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+              STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
     """One warpgroup (WG = 0 or 1: the first or second BM / 2 rows of every tile) through this program's
     tiles, in the producer's order."""
     c = 0
     it = 0
     for k in range(k0, k1):
         i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
-        _consumer_tile(desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
-                       gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2, BN, D, STAGES,
-                       NQ, USE_G, PP)
+        _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
+                       turn, l_smem, gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2,
+                       BN, D, STAGES, NQ, USE_G, PP)
         c += n_blk
         it += 1
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
-def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
+def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                     B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
                                     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
                                     NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
@@ -309,6 +321,10 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
     q_smem = gl.allocate_shared_memory(desc_q.dtype, [2 * NQ] + desc_q.block_type.shape, desc_q.layout)
     k_smem = gl.allocate_shared_memory(desc_k.dtype, [STAGES] + desc_k.block_type.shape, desc_k.layout)
     v_smem = gl.allocate_shared_memory(desc_v.dtype, [STAGES] + desc_v.block_type.shape, desc_v.layout)
+    if USE_G:  # the key blocks' gate sums, [1, BN] fp32 per stage of the K ring
+        g_smem = gl.allocate_shared_memory(desc_g.dtype, [STAGES] + desc_g.block_type.shape, desc_g.layout)
+    else:
+        g_smem = k_smem
     q_ready = gl.allocate_shared_memory(gl.int64, [NQ, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [NQ, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -316,6 +332,8 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # [WG]: its turn to issue
+    # [WG]: the consumers' row sums, stored to keep the PV wait below the softmax (_step); never read
+    l_smem = gl.allocate_shared_memory(gl.float32, [2, BM // 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     for i in gl.static_range(NQ):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warpgroup
@@ -330,12 +348,14 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_o, gct, lse, sc
 
     qk_scale = scale * LOG2E
     gl.warp_specialize([
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct,
-                     lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G, PP)),
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn, gct,
-                     lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G, PP)),
-        (_producer, (desc_q, desc_k, desc_v, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
-                     v_empty, sched, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ)),
+        (_consumer, (desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
+                     turn, l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES,
+                     NQ, USE_G, PP)),
+        (_consumer, (desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
+                     turn, l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES,
+                     NQ, USE_G, PP)),
+        (_producer, (desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready,
+                     k_empty, v_ready, v_empty, sched, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G)),
     ], [4, 1], [240, 24])
 
     for i in gl.static_range(NQ):

@@ -47,7 +47,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | No
     )
 
 
-_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+_GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,14 +72,15 @@ def compile_sm90(D: int, gated: bool):
     fn = parallel_attn_fwd_hopper_kernel
     BM, BN, STAGES, NQ = _BLOCKS[D]
 
-    def desc(block):
-        layout = _smem_layout(tuple(block), torch.bfloat16)
-        return f"tensordesc<bf16[{','.join(map(str, block))}],{layout!r}>"
+    def desc(block, dtype=torch.bfloat16):
+        layout = _smem_layout(tuple(block), dtype)
+        return f"tensordesc<{'fp32' if dtype == torch.float32 else 'bf16'}[{','.join(map(str, block))}],{layout!r}>"
 
     consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated, PP=_PINGPONG)
     types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
-                 desc_v=desc([1, BN, D]), gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32",
-                 TQ="i32", TK="i32", TKP="i32")
+                 desc_v=desc([1, BN, D]), desc_g=desc([1, BN], torch.float32) if gated else None,
+                 gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32", TQ="i32", TK="i32",
+                 TKP="i32")
     sig, const = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts or types[name] is None:
@@ -155,12 +156,13 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     desc_o = _desc(o.view(B, TQ, HQ * D), [1, BM // 2, D])
     desc_k = _desc(k.view(B, TK, H * D), [1, BN, D])
     desc_v = _desc(v.view(B, TK, H * D), [1, BN, D])
+    desc_g = _desc(gct, [1, BN]) if gct is not None else None  # a key block's gate sums; zero past the row
     TKP = gct.shape[1] if gct is not None else 0
     n_tiles = triton.cdiv(TQ, BM) * B * HQ
     n_prog = min(n_tiles, programs or num_sms(q.device))
     sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, group or _GROUP, q.device)
     grid = (n_prog,)
     # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
-    parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
+    parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_g, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                           B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
                                           USE_G=gct is not None, PP=_PINGPONG, num_warps=4)
