@@ -166,8 +166,7 @@ def _inputs(B, TQ, TK, HQ, H, D, dtype, gate_shift=3.0):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gated", [True, False])
-def test_matches_reference(shape, dtype, gated, monkeypatch):
-    monkeypatch.setattr(parallel_hopper, "_DISPATCH", {64: None, 128: None})  # D=64 at any length
+def test_matches_reference(shape, dtype, gated):
     B, TQ, TK, HQ, H, D = shape
     q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, dtype)
     assert parallel_hopper.supported(q, k, None)
@@ -271,5 +270,6 @@ def test_unsupported_calls_stay_on_the_tl_kernel():
         assert not parallel_hopper.supported(qc, qc, torch.tensor([0, 8], device="cuda"))  # packed
         assert not parallel_hopper.supported(qc[:, :, :, :100], qc[:, :, :, :100], None)
         k64 = torch.zeros(1, 8192, 2, 64, device="cuda", dtype=torch.bfloat16)
-        assert parallel_hopper.supported(k64[:, -8:], k64[:, :8191].contiguous(), None) == _SM90
-        assert not parallel_hopper.supported(k64[:, -8:], k64, None)  # D=64 from 8192 keys: the tl kernel
+        assert parallel_hopper.supported(k64[:, -8:], k64, None) == _SM90  # D=64, any length
+        k96 = torch.zeros(1, 64, 2, 96, device="cuda", dtype=torch.bfloat16)
+        assert not parallel_hopper.supported(k96, k96, None)  # D=96: the tl kernel

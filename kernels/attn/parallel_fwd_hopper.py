@@ -26,9 +26,8 @@ The keys' gate sums come per block from the per-head base-2 rows (gct, as the tl
 blocks), loaded by the producer into the K ring's stage beside the keys; the queries' come from the
 same rows, so that a query and the key at its own position cancel exactly.
 
-Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128 (the dispatch: 128, and 64 below
-8192 keys), Tq <= Tk, on sm_90. The host (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel
-everywhere else.
+Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128, Tq <= Tk, on sm_90. The host
+(``parallel.parallel_attn_fwd``) takes the ``tl`` kernel everywhere else.
 There is no CPU interpreter for Gluon: the tests compile it for sm_90 on the CPU and run it on the GPU.
 The host side (dispatch rule, tile schedule, descriptors, launch) is ``parallel_hopper``.
 """
@@ -101,14 +100,16 @@ def _producer(desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_
 
 
 @gluon.jit
-def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout: gl.constexpr, BN: gl.constexpr,
+def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, s_layout: gl.constexpr, BN: gl.constexpr,
              USE_G: gl.constexpr, MASKED: gl.constexpr):
     """Online softmax in base 2 of one block of raw products b_s = q.k: the probabilities (fp32), the new
     running max and sum, and the factor exp2(m_old - m_new) that rescales the accumulator. Gated scores
     are c q.k - gk' before the diagonal (row constant dropped) and c q.k + gq' - gk' on it."""
     if MASKED:
         o_k = i_blk * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        m_s = (o_qpos[:, None] >= o_k[None, :]) & (o_k < TK)[None, :]
+        # causal only: a row's position is below TK, so keys past TK are masked with the later ones (rows
+        # past TQ, whose outputs are never stored, may read the zero-filled or padded keys and gates)
+        m_s = o_qpos[:, None] >= o_k[None, :]
     if USE_G:
         if MASKED:
             b_x = gl.where(m_s, b_s * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
@@ -173,7 +174,7 @@ def _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN: gl.constexpr, D: gl.constexpr, 
 
 @gluon.jit
 def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem, b_g0, b_gq, b_o, b_pa, b_m, b_l,
-          b_r, o_qpos, c, it, i_blk, TK, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
+          b_r, o_qpos, c, it, i_blk, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
           BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr,
           WG: gl.constexpr, PP: gl.constexpr):
     """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, the accumulator rescaled by the
@@ -188,7 +189,7 @@ def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
     b_gk = _key_gates(g_smem, b_g0, r, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(r % STAGES), count=1)
-    b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, TK, qk_scale, s_layout, BN, USE_G,
+    b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, s_layout, BN, USE_G,
                                   MASKED)
     b_pn = gl.convert_layout(b_p.to(v_smem.dtype), b_pa.type.layout)
     # ptxas schedules the PV wait right after the QK wait, above the exponentials, wherever it stands in
@@ -248,22 +249,22 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
     b_gk = _key_gates(g_smem, b_g0, c, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(c % STAGES), count=1)
     if n_off > 0:
-        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, TK, qk_scale, s_layout, BN, USE_G, False)
+        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, s_layout, BN, USE_G, False)
     else:
         b_m += b_gq  # stays -inf: the per-row representation from the start
-        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, TK, qk_scale, s_layout, BN, USE_G, True)
+        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, s_layout, BN, USE_G, True)
     b_pa = gl.convert_layout(b_p.to(v_smem.dtype), p_layout)
     b_o = gl.zeros([BMW, D], gl.float32, o_layout)
 
     for i_blk in range(1, n_off):
         b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
-                                         b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, TK, qk_scale,
+                                         b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, qk_scale,
                                          s_layout, o_layout, BMW, BN, D, STAGES, USE_G, False, WG, PP)
     if n_off > 0:
         b_m += b_gq  # back to the per-row representation: m = m' + (gq_i - g0)
     for i_blk in range(gl.maximum(n_off, 1), n_blk):
         b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
-                                         b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, TK, qk_scale,
+                                         b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, qk_scale,
                                          s_layout, o_layout, BMW, BN, D, STAGES, USE_G, True, WG, PP)
     # PV of the last block
     r = c + n_blk - 1

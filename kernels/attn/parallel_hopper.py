@@ -22,10 +22,9 @@ from kernels.utils import is_hopper, num_sms
 # The H100 sweep of 2026-11-24 (session 9, docs/notes-prefill.md): 3 or 4 stages with one or two query
 # buffers, and 64-key blocks at D=64, were no faster anywhere than (128, 128, 2, 2).
 _BLOCKS = {64: (128, 128, 2, 2), 128: (128, 128, 2, 2)}
-# head dim -> the key lengths sent here (None: all). At D=64 the softmax (one exp2 per score) weighs
-# more against the halved products and the tl kernel is 4-8% faster gated from 16k keys on (H100,
-# session 9); below 8192 this kernel is 1-21% faster.
-_DISPATCH = {64: 8192, 128: None}
+# head dims sent here, at any length (H100, session 10: at D=64 this kernel is 5-33% faster than the tl
+# kernel from 1k to 16k keys; before the softmax overlapped the PV product, the tl kernel won from 8k)
+_HEAD_DIMS = (64, 128)
 # (batch x head)s per group of the schedule (_schedule)
 _GROUP = 8
 # the two consumers issue their products in turns (``parallel_fwd_hopper._turn_wait``)
@@ -33,14 +32,14 @@ _PINGPONG = True
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
-    """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim and key length of
-    ``_DISPATCH``, on sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
+    """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim of ``_HEAD_DIMS``, on
+    sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
     B, TQ, HQ, D = q.shape
     TK = k.shape[1]
     tensors = (q, k) if v is None else (q, k, v)
     return (
         cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
-        and D in _DISPATCH and (_DISPATCH[D] is None or TK < _DISPATCH[D])
+        and D in _HEAD_DIMS
         and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
         and is_hopper(q.device) and 0 < TQ <= TK
         and B * HQ * (TK + 16) < 2**31
