@@ -241,9 +241,11 @@ def bench_generate(configs, model_dir, batches, prompt_len, new_tokens, prefill_
 @click.option("--quick", is_flag=True, help="Fewer shapes (a smoke run).")
 @click.option("--layers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also time decode as a model runs it: this many layers' calls back to back in one graph.")
+@click.option("--graphs", is_flag=True,
+              help="Also time the prefill forwards from CUDA-graph replays (host launch cost excluded for all).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_guarded
-def bench_kernels(part, quick, layers, debug):
+def bench_kernels(part, quick, layers, graphs, debug):
     """Attention kernels (TFLOP/s, TB/s) beside fla and torch SDPA, measured in the same run."""
     import torch
 
@@ -255,6 +257,8 @@ def bench_kernels(part, quick, layers, debug):
         from gatedgen.bench import kernels_prefill
 
         click.echo(kernels_prefill.format_table(kernels_prefill.run(quick=quick)))
+        if graphs:
+            click.echo(kernels_prefill.format_graph_table(kernels_prefill.run_graphs(quick=quick)))
     if part in ("decode", "all"):
         from gatedgen.bench import kernels_decode
 

@@ -3,7 +3,12 @@
 Shapes and FLOP convention as docs/peers (FlashAttention's): causal forward = 2*B*H*T^2*D (half of
 4*B*H*T^2*D), forward+backward = 3.5 x forward; B = 16384 / T; bf16; g = logsigmoid(randn + 4)
 fp32. Varlen rows count sum over sequences of 2*H*len^2*D. Times are triton.testing.do_bench
-medians. Run: ``python -m gatedgen.bench.kernels_prefill [--quick]``.
+medians. Run: ``python -m gatedgen.bench.kernels_prefill [--quick] [--graphs]``.
+
+``--graphs`` adds a forward-only table timed from CUDA-graph replays (``do_bench_cudagraph``, no
+autograd) for every contender alike: the GPU's time without the host's launch cost, which at T = 1k
+is as long as the kernel (our call: a gate-scan launch, five TMA descriptors, the Gluon launch) and
+varies with the machine's CPU.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ def _bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def _bench_graph(fn) -> float:
+    import triton
+
+    with torch.no_grad():
+        return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
 def _fwd_bwd(fn, inputs, do):
     def run():
         out = fn()
@@ -70,6 +82,48 @@ def _warm_gpu(seconds: float = 1.0) -> None:
         torch.cuda.synchronize()
 
 
+def run_graphs(quick: bool = False, log=None, only: list[str] | None = None) -> list[dict]:
+    """Forward TFLOP/s from CUDA-graph replays (no autograd) of ours, fla and SDPA, one dict per dense
+    shape (the packed batch is left out: fla's varlen path reads its offsets on the host, which a
+    capture refuses); the keys of ``run``'s forward columns."""
+    from kernels.attn.parallel import parallel_attn
+
+    fla_attn = _fla()
+    rows = []
+    _warm_gpu()
+    for name, B, T, HQ, H, D, lens in _shapes(quick, only):
+        if lens is not None:
+            continue
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, T, n, D, device="cuda", dtype=torch.bfloat16) for n in (HQ, H, H))
+        g = F.logsigmoid(torch.randn(B, T, HQ, device="cuda") + 4)
+        fl = _flops(B, T, HQ, D, None)
+        row = {"shape": name, "T": T, "B": B, "HQ": HQ, "H": H, "D": D}
+        for key, gate in (("ours_g_fwd", g), ("ours_fwd", None)):
+            row[key] = fl / _bench_graph(lambda gate=gate: parallel_attn(q, k, v, gate)) / 1e9
+        if fla_attn is not None:
+            for key, gate in (("fla_g_fwd", g), ("fla_fwd", None)):
+                row[key] = fl / _bench_graph(lambda gate=gate: fla_attn(q, k, v, g=gate)) / 1e9
+        qs, ks, vs = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        row["sdpa_fwd"] = fl / _bench_graph(
+            lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=HQ != H)) / 1e9
+        rows.append(row)
+        if log is not None:
+            log(row)
+    return rows
+
+
+def _shapes(quick: bool, only: list[str] | None) -> list[tuple]:
+    shapes = SHAPES[1::3] if quick else SHAPES
+    return [s for s in shapes if s[0] in only] if only else shapes
+
+
+def _cu_seqlens(lens):
+    if lens is None:
+        return None
+    return torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32)
+
+
 def run(quick: bool = False, log=None, only: list[str] | None = None) -> list[dict]:
     """One dict per shape with TFLOP/s of each variant (None where a peer is missing).
 
@@ -79,11 +133,8 @@ def run(quick: bool = False, log=None, only: list[str] | None = None) -> list[di
     fla_attn = _fla()
     dev = "cuda"
     rows = []
-    shapes = SHAPES[1::3] if quick else SHAPES
-    if only:
-        shapes = [s for s in shapes if s[0] in only]
     _warm_gpu()
-    for name, B, T, HQ, H, D, lens in shapes:
+    for name, B, T, HQ, H, D, lens in _shapes(quick, only):
         torch.manual_seed(0)
         dt = torch.bfloat16
         q = torch.randn(B, T, HQ, D, device=dev, dtype=dt, requires_grad=True)
@@ -91,10 +142,8 @@ def run(quick: bool = False, log=None, only: list[str] | None = None) -> list[di
         v = torch.randn(B, T, H, D, device=dev, dtype=dt, requires_grad=True)
         g = F.logsigmoid(torch.randn(B, T, HQ, device=dev) + 4).requires_grad_(True)
         do = torch.randn(B, T, HQ, D, device=dev, dtype=dt)
-        cu = None
-        if lens is not None:
-            assert sum(lens) == T
-            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device=dev, dtype=torch.int32)
+        assert lens is None or sum(lens) == T
+        cu = _cu_seqlens(lens)
         fl = _flops(B, T, HQ, D, lens)
         row = {"shape": name, "T": T, "B": B, "HQ": HQ, "H": H, "D": D}
 
@@ -147,6 +196,20 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
+def format_graph_table(rows: list[dict]) -> str:
+    """The forward-only table of ``run_graphs``."""
+    cols = [("ours g fwd", "ours_g_fwd"), ("fla g fwd", "fla_g_fwd"), ("ours fwd", "ours_fwd"),
+            ("fla fwd", "fla_fwd"), ("SDPA fwd", "sdpa_fwd")]
+    head = ["H x D", "T"] + [c for c, _ in cols] + ["g fwd/fla", "g fwd/SDPA", "fwd/SDPA"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["shape"], str(r["T"])] + [_num(r.get(k)) for _, k in cols]
+        cells += [_ratio(r.get("ours_g_fwd"), r.get("fla_g_fwd")), _ratio(r.get("ours_g_fwd"), r.get("sdpa_fwd")),
+                  _ratio(r.get("ours_fwd"), r.get("sdpa_fwd"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     cols = [
         ("ours g fwd", "ours_g_fwd"),
@@ -177,10 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one T per head layout")
     parser.add_argument("--only", default="", help="comma-separated shape names (e.g. 16x128,gqa32:8x128)")
+    parser.add_argument("--graphs", action="store_true", help="also the forward from CUDA-graph replays")
+    parser.add_argument("--graphs-only", action="store_true", help="only the forward from CUDA-graph replays")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s] or None
-    print("TFLOP/s (bf16, causal; fwd+bwd = 3.5 x fwd FLOPs); ratios ours/peer")
-    print(format_table(run(quick=args.quick, log=lambda r: print(r, flush=True), only=only)))
+    if not args.graphs_only:
+        print("TFLOP/s (bf16, causal; fwd+bwd = 3.5 x fwd FLOPs); ratios ours/peer")
+        print(format_table(run(quick=args.quick, log=lambda r: print(r, flush=True), only=only)))
+    if args.graphs or args.graphs_only:
+        print("forward TFLOP/s from CUDA-graph replays (no autograd, host launch cost excluded for all)")
+        print(format_graph_table(run_graphs(quick=args.quick, log=lambda r: print(r, flush=True), only=only)))
 
 
 if __name__ == "__main__":
