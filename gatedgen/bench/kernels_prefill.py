@@ -196,18 +196,27 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
+def _markdown(rows: list[dict], cols: list[tuple[str, str]], ratios: list[tuple[str, str, str]]) -> str:
+    """A markdown table: shape and T, the TFLOP/s columns (header, key), then the ratios (header,
+    numerator key, denominator key)."""
+    head = ["H x D", "T"] + [c for c, _ in cols] + [c for c, _, _ in ratios]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["shape"], str(r["T"])] + [_num(r.get(k)) for _, k in cols]
+        cells += [_ratio(r.get(a), r.get(b)) for _, a, b in ratios]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+_FWD_RATIOS = [("g fwd/fla", "ours_g_fwd", "fla_g_fwd"), ("g fwd/SDPA", "ours_g_fwd", "sdpa_fwd"),
+               ("fwd/SDPA", "ours_fwd", "sdpa_fwd")]
+
+
 def format_graph_table(rows: list[dict]) -> str:
     """The forward-only table of ``run_graphs``."""
     cols = [("ours g fwd", "ours_g_fwd"), ("fla g fwd", "fla_g_fwd"), ("ours fwd", "ours_fwd"),
             ("fla fwd", "fla_fwd"), ("SDPA fwd", "sdpa_fwd")]
-    head = ["H x D", "T"] + [c for c, _ in cols] + ["g fwd/fla", "g fwd/SDPA", "fwd/SDPA"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["shape"], str(r["T"])] + [_num(r.get(k)) for _, k in cols]
-        cells += [_ratio(r.get("ours_g_fwd"), r.get("fla_g_fwd")), _ratio(r.get("ours_g_fwd"), r.get("sdpa_fwd")),
-                  _ratio(r.get("ours_fwd"), r.get("sdpa_fwd"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _markdown(rows, cols, _FWD_RATIOS)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -222,18 +231,8 @@ def format_table(rows: list[dict]) -> str:
         ("SDPA fwd", "sdpa_fwd"),
         ("SDPA f+b", "sdpa_fwdbwd"),
     ]
-    head = ["H x D", "T"] + [c for c, _ in cols] + ["g fwd/fla", "g f+b/fla", "g fwd/SDPA", "fwd/SDPA"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["shape"], str(r["T"])] + [_num(r.get(k)) for _, k in cols]
-        cells += [
-            _ratio(r.get("ours_g_fwd"), r.get("fla_g_fwd")),
-            _ratio(r.get("ours_g_fwdbwd"), r.get("fla_g_fwdbwd")),
-            _ratio(r.get("ours_g_fwd"), r.get("sdpa_fwd")),
-            _ratio(r.get("ours_fwd"), r.get("sdpa_fwd")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    ratios = _FWD_RATIOS[:1] + [("g f+b/fla", "ours_g_fwdbwd", "fla_g_fwdbwd")] + _FWD_RATIOS[1:]
+    return _markdown(rows, cols, ratios)
 
 
 def main(argv: list[str] | None = None) -> None:
