@@ -134,7 +134,7 @@ def _gate_rows(gc, mode: int = 1, gct=None):
     return gct, TKP, mode
 
 
-# the Gluon forward (FlashAttention-3's overlap of the softmax with the next block's QK product) takes
+# the Gluon forward (FlashAttention-3's warp-specialised, ping-pong schedule; parallel_fwd_hopper) takes
 # the 16-bit dense batches it supports on sm_90 (parallel_hopper.supported); GATEDGEN_FWD_HOPPER=0:
 # the tl kernel everywhere
 _HOPPER = os.environ.get("GATEDGEN_FWD_HOPPER") != "0"

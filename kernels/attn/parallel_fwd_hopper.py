@@ -10,11 +10,12 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
   its registers to two consumer warpgroups (setmaxnreg 24 / 240), each owning 64 query rows of the
   program's 128. The consumers issue their products in turns (ping-pong, two mbarriers), so one's
   softmax runs while the other's products are on the tensor cores.
-* within a consumer, the softmax of block j overlaps the PV product of block j - 1:
+* within a consumer, the softmax of block j overlaps the PV product of block j - 1 (FA3's order):
 
-      S(j) = Q K(j)^T (async);  PV(j-1) += P(j-1) V(j-1) (async);  wait S(j);  release K(j)
-      softmax of S(j) -> P(j) (fp32), alpha(j);  wait PV(j-1);  release V(j-1)
-      P(j) -> bf16 registers (the PV operand);  O *= alpha(j)
+      S(j) = Q K(j)^T (async);  O *= alpha(j-1);  O += P(j-1) V(j-1) (async);  wait S(j);  release K(j)
+      softmax of S(j) -> P(j) (16-bit registers, the next PV operand), alpha(j);  wait PV;  release V(j-1)
+
+  (ptxas would hoist that PV wait above the exponentials; a shared-memory store holds it: ``_step``)
 
 * persistent programs, one per SM, each running a host-made list of tiles (``parallel_hopper._schedule``:
   a few heads at a time, longest tiles first, balanced by the longest-first greedy rule, so that the
@@ -140,18 +141,17 @@ def _key_gates(g_smem, b_g0, r, s_layout: gl.constexpr, BN: gl.constexpr, STAGES
 
 
 @gluon.jit
-def _turn_wait(turn, n, WG: gl.constexpr, PP: gl.constexpr):
-    """Ping-pong (PP): the two consumers issue their products in strict alternation, so that one's
-    softmax runs while the other's products occupy the tensor cores. Issue group n of consumer WG waits
-    for the other's group n - 1 + WG (a fresh barrier passes a wait of parity 1: WG 0 starts)."""
-    if PP:
-        mbarrier.wait(turn.index(WG), (n + 1 - WG) & 1)
+def _turn_wait(turn, n, WG: gl.constexpr):
+    """Ping-pong: the two consumers issue their products in strict alternation, so that one's softmax
+    runs while the other's products occupy the tensor cores. Issue group n of consumer WG waits for the
+    other's group n - 1 + WG (a fresh barrier passes a wait of parity 1: WG 0 starts)."""
+    mbarrier.wait(turn.index(WG), (n + 1 - WG) & 1)
 
 
 @gluon.jit
-def _turn_pass(turn, WG: gl.constexpr, PP: gl.constexpr):
-    if PP:
-        mbarrier.arrive(turn.index(1 - WG), count=1)
+def _turn_pass(turn, WG: gl.constexpr):
+    """The other consumer's turn (after this one's issue group)."""
+    mbarrier.arrive(turn.index(1 - WG), count=1)
 
 
 @gluon.jit
@@ -165,8 +165,10 @@ def _issue_qk(q, k_smem, k_ready, r, s_layout: gl.constexpr, BMW: gl.constexpr, 
 
 
 @gluon.jit
-def _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-    """O += P V, issued (async) once the value block at ring position r has landed in its stage."""
+def _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """O *= b_r (the previous softmax's factor), then O += P V issued (async) once the value block at ring
+    position r has landed in its stage."""
+    b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, b_o.type.layout))[:, None]
     s = r % STAGES
     mbarrier.wait(v_ready.index(s), (r // STAGES) & 1)
     return warpgroup_mma(b_pa, v_smem.index(s).reshape([BN, D]), b_o, is_async=True)
@@ -174,18 +176,16 @@ def _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN: gl.constexpr, D: gl.constexpr, 
 
 @gluon.jit
 def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem, b_g0, b_gq, b_o, b_pa, b_m, b_l,
-          b_r, o_qpos, c, it, i_blk, qk_scale, s_layout: gl.constexpr, o_layout: gl.constexpr, BMW: gl.constexpr,
-          BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr,
-          WG: gl.constexpr, PP: gl.constexpr):
+          b_r, o_qpos, c, it, i_blk, qk_scale, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr,
+          D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr, WG: gl.constexpr):
     """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, the accumulator rescaled by the
     previous block's factor b_r, then PV of the previous block issued; the softmax of S runs while that
     PV is on the tensor cores; P and the new factor are kept for the next step (FA3's order)."""
     r = c + i_blk
-    _turn_wait(turn, r + it, WG, PP)
+    _turn_wait(turn, r + it, WG)
     b_s = _issue_qk(q, k_smem, k_ready, r, s_layout, BMW, BN, D, STAGES)
-    b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, b_o.type.layout))[:, None]
-    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r - 1, BN, D, STAGES)
-    _turn_pass(turn, WG, PP)
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r - 1, BN, D, STAGES)
+    _turn_pass(turn, WG)
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
     b_gk = _key_gates(g_smem, b_g0, r, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(r % STAGES), count=1)
@@ -205,7 +205,7 @@ def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l
 def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
                    l_smem, gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr,
                    HQ: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                   NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
+                   NQ: gl.constexpr, USE_G: gl.constexpr):
     """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) against the tile's key blocks, which sit
     at ring positions c, c + 1, ...; the query rows in buffer it % NQ, which also stages the output for
     its TMA store. With two buffers the previous tile's is released here once that store has read it;
@@ -238,9 +238,9 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
     b_l = gl.zeros([BMW], gl.float32, row_s)
 
     # block 0 (nothing to overlap with yet)
-    _turn_wait(turn, c + it, WG, PP)  # issue groups: one per key block and the last PV, c + it before this tile
+    _turn_wait(turn, c + it, WG)  # issue groups: one per key block and the last PV, c + it before this tile
     b_s = _issue_qk(q, k_smem, k_ready, c, s_layout, BMW, BN, D, STAGES)
-    _turn_pass(turn, WG, PP)
+    _turn_pass(turn, WG)
     if NQ == 2:
         if it > 0:
             tma.store_wait(pendings=0)  # the previous tile's output has left its query buffer
@@ -259,19 +259,18 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
     for i_blk in range(1, n_off):
         b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
                                          b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, qk_scale,
-                                         s_layout, o_layout, BMW, BN, D, STAGES, USE_G, False, WG, PP)
+                                         s_layout, BMW, BN, D, STAGES, USE_G, False, WG)
     if n_off > 0:
         b_m += b_gq  # back to the per-row representation: m = m' + (gq_i - g0)
     for i_blk in range(gl.maximum(n_off, 1), n_blk):
         b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
                                          b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, qk_scale,
-                                         s_layout, o_layout, BMW, BN, D, STAGES, USE_G, True, WG, PP)
+                                         s_layout, BMW, BN, D, STAGES, USE_G, True, WG)
     # PV of the last block
     r = c + n_blk - 1
-    _turn_wait(turn, r + 1 + it, WG, PP)
-    b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, o_layout))[:, None]
-    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, r, BN, D, STAGES)
-    _turn_pass(turn, WG, PP)
+    _turn_wait(turn, r + 1 + it, WG)
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r, BN, D, STAGES)
+    _turn_pass(turn, WG)
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
     mbarrier.arrive(v_empty.index(r % STAGES), count=1)
 
@@ -293,7 +292,7 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
 def _consumer(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
               l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr,
               HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-              STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
+              STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr):
     """One warpgroup (WG = 0 or 1: the first or second BM / 2 rows of every tile) through this program's
     tiles, in the producer's order."""
     c = 0
@@ -302,7 +301,7 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready,
         i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
         _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                        turn, l_smem, gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2,
-                       BN, D, STAGES, NQ, USE_G, PP)
+                       BN, D, STAGES, NQ, USE_G)
         c += n_blk
         it += 1
     tma.store_wait(pendings=0)
@@ -312,7 +311,7 @@ def _consumer(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready,
 def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                     B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
                                     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                                    NQ: gl.constexpr, USE_G: gl.constexpr, PP: gl.constexpr):
+                                    NQ: gl.constexpr, USE_G: gl.constexpr):
     # persistent: this program runs the tiles sched[k0:k1] (host-made, _schedule) in that order
     i_p = gl.program_id(0)
     k0 = gl.load(sched + i_p)
@@ -351,10 +350,10 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, gct,
     gl.warp_specialize([
         (_consumer, (desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                      turn, l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES,
-                     NQ, USE_G, PP)),
+                     NQ, USE_G)),
         (_consumer, (desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                      turn, l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES,
-                     NQ, USE_G, PP)),
+                     NQ, USE_G)),
         (_producer, (desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready,
                      k_empty, v_ready, v_empty, sched, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G)),
     ], [4, 1], [240, 24])

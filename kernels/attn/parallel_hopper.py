@@ -16,30 +16,28 @@ from kernels.attn.parallel_fwd_hopper import parallel_attn_fwd_hopper_kernel
 from kernels.utils import is_hopper, num_sms
 
 
-# head dim -> (BM, BN, STAGES, NQ): BM query rows per tile (two consumer warpgroups of BM / 2), BN keys
-# per block, STAGES-deep K and V rings, NQ query buffers (2: the next tile's rows load during a tile).
+# head dim (the ones sent here, at any length) -> (BM, BN, STAGES, NQ): BM query rows per tile (two
+# consumer warpgroups of BM / 2), BN keys per block, STAGES-deep K and V rings, NQ query buffers (2: the
+# next tile's rows load during a tile).
 # Shared memory: 2 * NQ * BM / 2 * D + 2 * STAGES * BN * D 16-bit values (192 KB at D=128 for 2 and 2).
 # The H100 sweep of 2026-11-24 (session 9, docs/notes-prefill.md): 3 or 4 stages with one or two query
 # buffers, and 64-key blocks at D=64, were no faster anywhere than (128, 128, 2, 2).
+# D=64 at every length since session 10 (H100: 5-33% faster than the tl kernel from 1k to 16k keys;
+# before the softmax overlapped the PV product, the tl kernel won from 8k).
 _BLOCKS = {64: (128, 128, 2, 2), 128: (128, 128, 2, 2)}
-# head dims sent here, at any length (H100, session 10: at D=64 this kernel is 5-33% faster than the tl
-# kernel from 1k to 16k keys; before the softmax overlapped the PV product, the tl kernel won from 8k)
-_HEAD_DIMS = (64, 128)
 # (batch x head)s per group of the schedule (_schedule)
 _GROUP = 8
-# the two consumers issue their products in turns (``parallel_fwd_hopper._turn_wait``)
-_PINGPONG = True
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
-    """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim of ``_HEAD_DIMS``, on
+    """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim of ``_BLOCKS``, on
     sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
     B, TQ, HQ, D = q.shape
     TK = k.shape[1]
     tensors = (q, k) if v is None else (q, k, v)
     return (
         cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
-        and D in _HEAD_DIMS
+        and D in _BLOCKS
         and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
         and is_hopper(q.device) and 0 < TQ <= TK
         and B * HQ * (TK + 16) < 2**31
@@ -75,7 +73,7 @@ def compile_sm90(D: int, gated: bool):
         layout = _smem_layout(tuple(block), dtype)
         return f"tensordesc<{'fp32' if dtype == torch.float32 else 'bf16'}[{','.join(map(str, block))}],{layout!r}>"
 
-    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated, PP=_PINGPONG)
+    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated)
     types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
                  desc_v=desc([1, BN, D]), desc_g=desc([1, BN], torch.float32) if gated else None,
                  gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32", TQ="i32", TK="i32",
@@ -164,4 +162,4 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
     parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_g, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
                                           B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
-                                          USE_G=gct is not None, PP=_PINGPONG, num_warps=4)
+                                          USE_G=gct is not None, num_warps=4)
