@@ -8,10 +8,13 @@ compared with the fp64 reference on fresh random inputs, NaN-poisoned outputs.
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -32,6 +35,7 @@ nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN
 # ----------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)  # the structure and the SASS tests read the same compile
 def _compile_sm90(D: int, gated: bool) -> dict:
     """TTGIR, PTX and shared memory of the kernel compiled for sm_90, in a child process without
     TRITON_INTERPRET: under the interpreter (as the CPU suite runs) Triton's own jit functions that Gluon
@@ -64,16 +68,13 @@ def test_compiles_for_sm90_warp_specialised(D, gated):
     assert "async_tma_copy_global_to_local" in ttgir and "async_tma_copy_local_to_global" in ttgir
     # the producer loads Q (two halves), K, V and, gated, the key blocks' gate sums
     assert ttgir.count("async_tma_copy_global_to_local") == 4 + gated
-    # ping-pong: the consumers take turns through two more mbarriers (17 waits and arrivals without)
+    # ping-pong: the consumers take turns through two more mbarriers (17 waits and arrivals without them)
     assert ptx.count("mbarrier.try_wait") >= 25 and ptx.count("mbarrier.arrive") >= 25
 
 
 def _sass_events(cubin: bytes) -> list[str]:
     """The SASS of a cubin (Triton's bundled nvdisasm) as a list of events: 'W1' / 'W0' for the
     warpgroup MMA waits (one group / none left in flight), 'X' for an exp2."""
-    import base64
-    import tempfile
-
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     if not os.path.exists(nvdisasm):
         pytest.skip("Triton ships no nvdisasm here")
