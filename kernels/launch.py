@@ -8,14 +8,16 @@ about a third, against 13 us of kernel time.
 How: Triton compiles one kernel per *specialisation* of the arguments: each tensor's dtype and whether
 its address is 16-byte aligned, each integer's value class (1, a multiple of 16, its width), the
 constexprs and the launch options. ``LaunchCache`` keys on a superset of that: tensors by (dtype,
-aligned), integers by their exact value, floats by type, constexprs and options by value, plus the
+aligned), Gluon tensor descriptors by dtype, block shape, shared layout, padding and rank (what Triton
+specialises them on; the launcher builds the TMA descriptor from the object at every launch), integers
+by their exact value, floats by type, constexprs and options by value, plus the
 current device. The first launch of a key goes through Triton's own dispatch (which compiles if it
 must and returns the compiled kernel); later launches of the key call that compiled kernel's launcher
 directly, with the same argument list Triton would pass. Two calls with equal keys are specialised
 identically by Triton, so they run the same binary either way.
 
 Not used under the CPU interpreter (``TRITON_INTERPRET=1``): there every call goes through
-``kernel[grid]``. Arguments of other types (tensor descriptors, ...) also take Triton's path.
+``kernel[grid]``. Arguments of other types (``tl`` tensor descriptors, ...) also take Triton's path.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 
 import torch
 from triton import knobs
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 from triton.runtime.driver import driver
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -33,6 +36,8 @@ _MAX_KEYS = 4096  # per kernel; a full cache is emptied (a key is a shape / stri
 def _arg_key(a):
     if isinstance(a, torch.Tensor):
         return (a.dtype, a.data_ptr() % 16 == 0)
+    if isinstance(a, GluonTensorDescriptor):  # specialised by block type and layout (base: 16-byte aligned)
+        return (GluonTensorDescriptor, a.base.dtype, tuple(a.block_shape), a.layout, a.padding, len(a.shape))
     if isinstance(a, bool):  # tagged: True == 1 as dict keys, but Triton types a bool i1 and an int i32
         return (bool, a)
     if a is None or isinstance(a, (int, str)):

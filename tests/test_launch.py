@@ -58,6 +58,32 @@ def test_arg_key_covers_what_triton_specialises():
         _arg_key(object())
 
 
+def test_arg_key_of_gluon_descriptors_is_what_triton_specialises():
+    """Triton specialises a Gluon tensor descriptor on its dtype, block shape and layout only (the shape
+    and strides are launch values): equal keys for other shapes, distinct ones for another block, dtype
+    or layout, and the key agrees with Triton's own specialisation."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    def desc(shape, block, dtype=torch.bfloat16, swizzle=None):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+        if swizzle is not None:
+            layout = gl.NVMMASharedLayout(swizzle_byte_width=swizzle, element_bitwidth=16, rank=len(block))
+        return TensorDescriptor.from_tensor(torch.zeros(shape, dtype=dtype), block, layout)
+
+    def spec(d):
+        return native_specialize_impl(BaseBackend, d, False, True, True)
+
+    base = desc([2, 64, 256], [1, 64, 128])
+    same = desc([3, 100, 512], [1, 64, 128])
+    assert _arg_key(base) == _arg_key(same) and spec(base) == spec(same)
+    for other in (desc([2, 64, 256], [1, 32, 128]), desc([2, 64, 256], [1, 64, 128], torch.float16),
+                  desc([2, 64, 256], [1, 64, 128], swizzle=64)):
+        assert _arg_key(other) != _arg_key(base) and spec(other) != spec(base)
+
+
 @needs_triton
 def test_launch_cache_results_and_fast_path():
     cache = LaunchCache(_scaled_copy)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from kernels.attn import naive
 triton = pytest.importorskip("triton")
 
 from kernels.attn import parallel, parallel_hopper  # noqa: E402
+from kernels.attn.gate_scan import gate_scan as kernels_gate_scan  # noqa: E402
 
 nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN-filled torch.empty
 
@@ -36,26 +38,30 @@ nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN
 
 
 @functools.lru_cache(maxsize=None)  # the structure and the SASS tests read the same compile
-def _compile_sm90(D: int, gated: bool) -> dict:
+def _compile_sm90(D: int, gated: bool, varlen: bool = False) -> dict:
     """TTGIR, PTX and shared memory of the kernel compiled for sm_90, in a child process without
     TRITON_INTERPRET: under the interpreter (as the CPU suite runs) Triton's own jit functions that Gluon
     calls (gl.max, gl.sum) are interpreter objects that the compiler refuses; a warm Triton cache hid
     that until a cold-cache run."""
     code = ("import base64, json, sys; from kernels.attn.parallel_hopper import compile_sm90; "
-            "k = compile_sm90(int(sys.argv[1]), sys.argv[2] == '1'); "
+            "k = compile_sm90(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3] == '1'); "
             "json.dump(dict(ttgir=k.asm['ttgir'], ptx=k.asm['ptx'], shared=k.metadata.shared, "
             "cubin=base64.b64encode(k.asm['cubin']).decode()), sys.stdout)")
     env = {n: v for n, v in os.environ.items() if n != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code, str(D), str(int(gated))], env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code, str(D), str(int(gated)), str(int(varlen))], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("gated", [True, False])
-def test_compiles_for_sm90_warp_specialised(D, gated):
-    kernel = _compile_sm90(D, gated)
+# (D, gated, packed batch)
+VARIANTS = [(64, True, False), (64, False, False), (128, True, False), (128, False, False), (128, True, True),
+            (64, False, True)]
+
+
+@pytest.mark.parametrize("D,gated,varlen", VARIANTS)
+def test_compiles_for_sm90_warp_specialised(D, gated, varlen):
+    kernel = _compile_sm90(D, gated, varlen)
     ttgir, ptx = kernel["ttgir"], kernel["ptx"]
     assert ".target sm_90a" in ptx
     assert kernel["shared"] <= 227 * 1024
@@ -91,13 +97,12 @@ def _sass_events(cubin: bytes) -> list[str]:
     return events
 
 
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("gated", [True, False])
-def test_softmax_runs_while_the_pv_product_is_in_flight(D, gated):
+@pytest.mark.parametrize("D,gated,varlen", VARIANTS)
+def test_softmax_runs_while_the_pv_product_is_in_flight(D, gated, varlen):
     """In every step the 64 exponentials of a thread's scores sit between the wait for S(j) (one group
     left: PV(j-1)) and the wait for PV(j) in the SASS. ptxas otherwise hoists the second wait above them
     (the kernel's shared-memory store of the row sums prevents it; without it this fails)."""
-    events = _sass_events(_compile_sm90(D, gated)["cubin"].encode())
+    events = _sass_events(_compile_sm90(D, gated, varlen)["cubin"].encode())
     steps = [i for i, e in enumerate(events) if e == "W1"]
     assert steps, "no step waits for S with the PV product in flight"
     for i in steps:
@@ -132,6 +137,55 @@ def test_schedule_runs_every_tile_once_balanced(TQ, TK, BH, n_prog, group):
         tiles = sched[bounds[p]:bounds[p + 1]]
         assert [rank(i) for i in tiles] == sorted(rank(i) for i in tiles)
         loads.append(sum(-(-min(TK - TQ + (i // BH + 1) * BM, TK) // BN) + 1 for i in tiles))
+    if len(ids) >= 8 * n_prog:
+        assert max(loads) <= 1.1 * sum(loads) / n_prog
+
+
+@pytest.mark.parametrize("dtype,shape,block", [(torch.bfloat16, [2, 300, 512], [1, 64, 128]),
+                                               (torch.float16, [1, 77, 128], [1, 128, 64]),
+                                               (torch.float32, [8, 1040], [1, 128])])
+def test_descriptors_equal_tritons_checked_ones(dtype, shape, block):
+    """The launch's TMA descriptors, built without TensorDescriptor's checks, equal the checked ones of
+    TensorDescriptor.from_tensor field by field."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    x = torch.zeros(math.prod(shape), dtype=dtype)
+    fast = parallel_hopper._desc(x, shape, block)
+    checked = TensorDescriptor.from_tensor(x.view(shape), block, parallel_hopper._smem_layout(tuple(block), dtype))
+    assert fast.base.data_ptr() == checked.base.data_ptr() and fast.base.dtype == checked.base.dtype
+    for field in ("shape", "strides", "block_shape"):
+        assert list(getattr(fast, field)) == list(getattr(checked, field)), field
+    assert fast.layout == checked.layout and fast.padding == checked.padding
+
+
+@pytest.mark.parametrize("lens,HQ,n_prog,group", [((3000, 17, 5000, 1, 2048, 4000, 2318), 16, 132, 8),
+                                                   ((1, 127, 128, 129, 0, 300), 4, 5, 3), ((5,), 2, 132, 8)])
+def test_varlen_schedule_runs_every_chunk_once_balanced(lens, HQ, n_prog, group):
+    """A packed batch's schedule and chunk table: the chunk table lists each sequence's BM-row chunks
+    (sequence start, length, first row), every (chunk, head) tile runs exactly once, each program's tiles
+    in the grouped order (groups of heads, costliest chunks first), and the programs' work within 10% of
+    the mean where there are many tiles per program."""
+    BM = BN = 128
+    starts = [sum(lens[:i]) for i in range(len(lens))]
+    want = [(b, n, t0) for b, n in zip(starts, lens) for t0 in range(0, n, BM)]
+    n_prog = min(n_prog, len(want) * HQ)
+    sched, tiles = parallel_hopper._varlen_tiles(lens, HQ, BM, BN, n_prog, group, "cpu")
+    assert [tuple(t) for t in tiles.view(-1, 3).tolist()] == want
+    sched = sched.tolist()
+    bounds, ids = sched[:n_prog + 1], sched[n_prog + 1:]
+    assert bounds[0] == n_prog + 1 and bounds[-1] == len(sched) and bounds == sorted(bounds)
+    assert sorted(ids) == list(range(len(want) * HQ))
+    cost = [-(-min(t0 + BM, n) // BN) + 1 for _, n, t0 in want]
+
+    def rank(i):  # position of tile i in the grouped sequence
+        i_c, hq = divmod(i, HQ)
+        return (hq // group, -cost[i_c], -i_c, hq)
+
+    loads = []
+    for p in range(n_prog):
+        tiles_p = sched[bounds[p]:bounds[p + 1]]
+        assert [rank(i) for i in tiles_p] == sorted(rank(i) for i in tiles_p)
+        loads.append(sum(cost[i // HQ] for i in tiles_p))
     if len(ids) >= 8 * n_prog:
         assert max(loads) <= 1.1 * sum(loads) / n_prog
 
@@ -262,13 +316,74 @@ def test_takes_the_call_and_matches_the_tl_kernel(monkeypatch):
     assert rel_err(o, o_tl) < RTOL[torch.bfloat16]
 
 
+# packed lengths: a length-1 sequence, lengths around the 128-row tile, an empty sequence, sequences of
+# several tiles (unmasked key blocks, tiles whose second warpgroup lies past the end)
+VARLEN = [(1, 127, 128, 129, 0, 300, 64, 65), (1000, 17, 2053), (5,)]
+
+
+@gpu
+@pytest.mark.parametrize("lens", VARLEN)
+@pytest.mark.parametrize("D,HQ,H", [(128, 4, 2), (64, 2, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gated", [True, False])
+def test_packed_batches_match_the_reference(lens, D, HQ, H, dtype, gated, monkeypatch):
+    """Packed sequences through the Gluon forward (spied): o and lse against the fp64 reference per
+    packed batch, nothing leaking across sequence boundaries, every row written (NaN-poisoned)."""
+    T = sum(lens)
+    q, k, v, _ = _inputs(1, T, T, HQ, H, D, dtype)
+    g = F.logsigmoid(torch.randn(1, T, HQ, device="cuda") + 3) if gated else None
+    cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))], dtype=torch.int32, device="cuda")
+    calls = []
+    real = parallel_hopper.parallel_attn_fwd_hopper
+    monkeypatch.setattr(parallel_hopper, "parallel_attn_fwd_hopper",
+                        lambda *a, **kw: calls.append(kw.get("cu_seqlens")) or real(*a, **kw))
+    o, lse = parallel.parallel_attn(q, k, v, g, cu_seqlens=cu, return_lse=True)
+    assert len(calls) == 1 and calls[0] is cu
+    ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(), g.double() if gated else None,
+                                         cu_seqlens=cu.cpu(), return_lse=True)
+    assert rel_err(o, ref_o) < RTOL[dtype]
+    assert rel_err(lse, ref_lse) < 1e-5
+
+
+@gpu
+@pytest.mark.parametrize("programs", [1, 3])
+@pytest.mark.parametrize("gated", [True, False])
+def test_packed_batches_on_few_programs(programs, gated):
+    """Few programs walk many packed tiles of different lengths (ring positions and query buffers carried
+    across sequences); a second call takes the launch fast path and gives the same result."""
+    lens = (300, 1, 129, 511, 64)
+    T, HQ, H, D = sum(lens), 4, 2, 128
+    q, k, v, gc = _inputs(1, T, T, HQ, H, D, torch.bfloat16)
+    cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))], dtype=torch.int32, device="cuda")
+    g = F.logsigmoid(torch.randn(1, T, HQ, device="cuda") + 3) if gated else None
+    gc = kernels_gate_scan(g, cu) if gated else None
+    gct = parallel._gate_rows(gc, 1, None)[0]
+    outs = []
+    for _ in range(2):
+        o = torch.full_like(q, float("nan"))
+        lse = torch.full((1, T, HQ), float("nan"), device="cuda")
+        hits = parallel_hopper._LAUNCH.hits
+        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, gct, D ** -0.5, o, lse, programs=programs, cu_seqlens=cu)
+        outs.append((o, lse, parallel_hopper._LAUNCH.hits - hits))
+    ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(), g.double() if gated else None,
+                                         cu_seqlens=cu.cpu(), return_lse=True)
+    assert rel_err(outs[0][0], ref_o) < RTOL[torch.bfloat16]
+    assert rel_err(outs[0][1], ref_lse) < 1e-5
+    assert outs[1][2] == 1  # the repeat skipped Triton's dispatch
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 def test_unsupported_calls_stay_on_the_tl_kernel():
     q = torch.zeros(1, 8, 2, 100)
     k = torch.zeros(1, 8, 2, 100)
     assert not parallel_hopper.supported(q, k, None)  # CPU, fp32, D=100
     if torch.cuda.is_available():
         qc = torch.zeros(1, 8, 2, 128, device="cuda", dtype=torch.bfloat16)
-        assert not parallel_hopper.supported(qc, qc, torch.tensor([0, 8], device="cuda"))  # packed
+        cu = torch.tensor([0, 8], device="cuda")
+        assert parallel_hopper.supported(qc, qc, cu) == _SM90  # packed
+        q2 = torch.zeros(2, 8, 2, 128, device="cuda", dtype=torch.bfloat16)
+        assert not parallel_hopper.supported(q2, q2, cu)  # packed needs B = 1
+        assert not parallel_hopper.supported(qc[:, :4], qc, cu)  # and Tq = Tk
         assert not parallel_hopper.supported(qc[:, :, :, :100], qc[:, :, :, :100], None)
         k64 = torch.zeros(1, 8192, 2, 64, device="cuda", dtype=torch.bfloat16)
         assert parallel_hopper.supported(k64[:, -8:], k64, None) == _SM90  # D=64, any length

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from kernels.attn.chunks import prepare_chunk_indices
+from kernels.launch import LaunchCache
 from kernels.utils import LOG2E, cdiv, next_power_of_2
 
 BT = 256  # tokens a program scans
@@ -81,6 +82,9 @@ def gate_scan_kernel(
         tl.store(p_r, b_o * LOG2E, mask=m_th)
 
 
+_LAUNCH = LaunchCache(gate_scan_kernel)  # an eager forward's first launch: Triton's dispatch skipped on repeats
+
+
 def gate_scan(
     g: torch.Tensor, cu_seqlens: torch.Tensor | None = None, reverse: bool = False, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -106,8 +110,8 @@ def gate_scan(
         NT, n_chunks = 0, chunks.shape[0]
     if n_chunks == 0:
         return out
-    gate_scan_kernel[(n_chunks, cdiv(HQ, BH))](
-        g, out, rows if rows is not None else out, cu_seqlens, chunks, T, NT,
+    _LAUNCH(
+        (n_chunks, cdiv(HQ, BH)), g, out, rows if rows is not None else out, cu_seqlens, chunks, T, NT,
         rows.shape[1] if rows is not None else 0,
         HQ=HQ, BT=BT, BP=BP, BH=BH, REVERSE=reverse, WRITE_ROWS=rows is not None,
         IS_VARLEN=cu_seqlens is not None, num_warps=NUM_WARPS,

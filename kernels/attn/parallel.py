@@ -135,7 +135,7 @@ def _gate_rows(gc, mode: int = 1, gct=None):
 
 
 # the Gluon forward (FlashAttention-3's warp-specialised, ping-pong schedule; parallel_fwd_hopper) takes
-# the 16-bit dense batches it supports on sm_90 (parallel_hopper.supported); GATEDGEN_FWD_HOPPER=0:
+# the 16-bit dense and packed batches it supports on sm_90 (parallel_hopper.supported); GATEDGEN_FWD_HOPPER=0:
 # the tl kernel everywhere
 _HOPPER = os.environ.get("GATEDGEN_FWD_HOPPER") != "0"
 
@@ -179,7 +179,8 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
     if _HOPPER and not _INTERPRET and parallel_hopper.supported(q, k, cu_seqlens, v):
-        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse)
+        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse,
+                                                 cu_seqlens=cu_seqlens)
         return o, lse
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)

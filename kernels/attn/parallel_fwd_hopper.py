@@ -27,7 +27,13 @@ The keys' gate sums come per block from the per-head base-2 rows (gct, as the tl
 blocks), loaded by the producer into the K ring's stage beside the keys; the queries' come from the
 same rows, so that a query and the key at its own position cancel exactly.
 
-Scope: dense batches (no cu_seqlens), bf16/fp16, head dim 64 or 128, Tq <= Tk, on sm_90. The host
+Packed batches (cu_seqlens, B = 1) run through the same loops: a tile is a chunk of BM rows of one
+sequence, and its loads start at the sequence's first row (the keys, gated, up to three rows earlier, so
+that the gate sums' TMA loads start on 16 bytes; those keys are masked). Blocks that run past the
+sequence's end read the next sequence's rows, which the causal mask hides (keys) or which are not stored
+(queries: a tile that ends past its sequence stores its output from registers, masked, instead of by TMA).
+
+Scope: bf16/fp16, head dim 64 or 128, Tq <= Tk (packed: Tq = Tk), on sm_90. The host
 (``parallel.parallel_attn_fwd``) takes the ``tl`` kernel everywhere else.
 There is no CPU interpreter for Gluon: the tests compile it for sm_90 on the CPU and run it on the GPU.
 The host side (dispatch rule, tile schedule, descriptors, launch) is ``parallel_hopper``.
@@ -49,38 +55,59 @@ from kernels.utils import LN2, LOG2E
 
 
 @gluon.jit
-def _tile(i_p, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr):
-    """Tile i_p = i_t * B * HQ + (batch x query head): the batch, query head, key head, first query row
-    and the number of key blocks the tile sees."""
-    i_bh = i_p % (B * HQ)
-    i_t = i_p // (B * HQ)
-    i_b, i_hq = i_bh // HQ, i_bh % HQ
-    t0 = i_t * BM
+def _tile(i_p, tiles, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr,
+          BN: gl.constexpr, IS_VARLEN: gl.constexpr, KA: gl.constexpr):
+    """Tile i_p: the batch, query head, key head, the first query row of its sequence in the batch (bos)
+    and the first key row (kb), the query and key counts from there, the tile's first query row and the
+    number of key blocks the tile sees. Dense: i_p = i_t * B * HQ + (batch x query head), bos = kb = 0.
+    Packed (B = 1): i_p = i_c * HQ + query head, with tiles[i_c] = (bos, length, first row) of chunk i_c
+    (host-made: parallel_hopper._varlen_tiles); the keys start at bos rounded down to a multiple of KA,
+    so that the TMA loads of the key gate sums start on 16 bytes, and the KA - 1 or fewer keys of the
+    previous sequence before bos are masked (``_softmax``'s LO)."""
+    if IS_VARLEN:
+        i_c = i_p // HQ
+        i_b = 0
+        i_hq = i_p % HQ
+        bos = gl.load(tiles + 3 * i_c)
+        TQ = gl.load(tiles + 3 * i_c + 1)
+        t0 = gl.load(tiles + 3 * i_c + 2)
+        kb = bos - bos % KA
+        TK = TQ + (bos - kb)
+    else:
+        i_bh = i_p % (B * HQ)
+        i_b, i_hq = i_bh // HQ, i_bh % HQ
+        bos = 0
+        kb = 0
+        t0 = (i_p // (B * HQ)) * BM
     n_blk = gl.cdiv(gl.minimum(TK - TQ + t0 + BM, TK), BN)  # query row r sits at key position TK - TQ + r
-    return i_b, i_hq, i_hq // G, t0, n_blk
+    return i_b, i_hq, i_hq // G, bos, kb, TQ, TK, t0, n_blk
 
 
 @gluon.jit
 def _producer(desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty,
-              v_ready, v_empty, sched, k0, k1, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
+              v_ready, v_empty, sched, tiles, k0, k1, TQ, TK, B: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
               BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, NQ: gl.constexpr,
-              USE_G: gl.constexpr):
+              USE_G: gl.constexpr, IS_VARLEN: gl.constexpr, KA: gl.constexpr):
     """One warp, running ahead of the consumers through this program's tiles. Per tile: the two
     warpgroups' query rows into query buffer it % NQ (free once both consumers released it; NQ = 2
     lets the next tile's rows load while a tile runs), then K and V block by block into STAGES-deep
     rings, whose position c runs on across tiles; gated, a key block's base-2 gate sums ride with it
     (same stage, same barrier). A stage is refilled once both consumers released it
-    (empty barriers count two arrivals; a fresh barrier passes the first wait of parity 1)."""
+    (empty barriers count two arrivals; a fresh barrier passes the first wait of parity 1). Rows are those of
+    the tile's sequence from its first (bos; keys from kb, ``_tile``); a packed batch's blocks may run into the
+    neighbouring sequences' rows, which the consumers mask (keys) or do not store (queries)."""
     BMW: gl.constexpr = BM // 2
     c = 0
     it = 0
     for k in range(k0, k1):
-        i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
+        i_b, i_hq, i_h, bos, kb, _, _, t0, n_blk = _tile(gl.load(sched + k), tiles, TQ, TK, B, HQ, G, BM, BN,
+                                                          IS_VARLEN, KA)
         qb = it % NQ
         mbarrier.wait(q_empty.index(qb), ((it // NQ) & 1) ^ 1)
         mbarrier.expect(q_ready.index(qb), 2 * desc_q.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc_q, [i_b, t0, i_hq * D], q_ready.index(qb), q_smem.index(2 * qb))
-        tma.async_copy_global_to_shared(desc_q, [i_b, t0 + BMW, i_hq * D], q_ready.index(qb),
+        tma.async_copy_global_to_shared(desc_q, [i_b, bos + t0, i_hq * D], q_ready.index(qb),
+                                        q_smem.index(2 * qb))
+        tma.async_copy_global_to_shared(desc_q, [i_b, bos + t0 + BMW, i_hq * D], q_ready.index(qb),
                                         q_smem.index(2 * qb + 1))
         for i_blk in range(n_blk):
             s = (c + i_blk) % STAGES
@@ -88,39 +115,48 @@ def _producer(desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_
             mbarrier.wait(k_empty.index(s), ph)
             if USE_G:
                 mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes + desc_g.block_type.nbytes)
-                tma.async_copy_global_to_shared(desc_g, [i_b * HQ + i_hq, i_blk * BN], k_ready.index(s),
+                tma.async_copy_global_to_shared(desc_g, [i_b * HQ + i_hq, kb + i_blk * BN], k_ready.index(s),
                                                 g_smem.index(s))
             else:
                 mbarrier.expect(k_ready.index(s), desc_k.block_type.nbytes)
-            tma.async_copy_global_to_shared(desc_k, [i_b, i_blk * BN, i_h * D], k_ready.index(s), k_smem.index(s))
+            tma.async_copy_global_to_shared(desc_k, [i_b, kb + i_blk * BN, i_h * D], k_ready.index(s),
+                                            k_smem.index(s))
             mbarrier.wait(v_empty.index(s), ph)
             mbarrier.expect(v_ready.index(s), desc_v.block_type.nbytes)
-            tma.async_copy_global_to_shared(desc_v, [i_b, i_blk * BN, i_h * D], v_ready.index(s), v_smem.index(s))
+            tma.async_copy_global_to_shared(desc_v, [i_b, kb + i_blk * BN, i_h * D], v_ready.index(s),
+                                            v_smem.index(s))
         c += n_blk
         it += 1
 
 
 @gluon.jit
-def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, s_layout: gl.constexpr, BN: gl.constexpr,
-             USE_G: gl.constexpr, MASKED: gl.constexpr):
+def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, lo, s_layout: gl.constexpr, BN: gl.constexpr,
+             USE_G: gl.constexpr, MASKED: gl.constexpr, LO: gl.constexpr):
     """Online softmax in base 2 of one block of raw products b_s = q.k: the probabilities (fp32), the new
     running max and sum, and the factor exp2(m_old - m_new) that rescales the accumulator. Gated scores
-    are c q.k - gk' before the diagonal (row constant dropped) and c q.k + gq' - gk' on it."""
+    are c q.k - gk' before the diagonal (row constant dropped) and c q.k + gq' - gk' on it. LO: keys
+    below lo (another sequence's, in a packed batch's first block) are masked too."""
+    o_k = i_blk * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
     if MASKED:
-        o_k = i_blk * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
-        # causal only: a row's position is below TK, so keys past TK are masked with the later ones (rows
-        # past TQ, whose outputs are never stored, may read the zero-filled or padded keys and gates)
+        # causal: a row's position is below TK, so keys past TK are masked with the later ones (rows past
+        # TQ, whose outputs are never stored, may read the zero-filled or padded keys and gates)
         m_s = o_qpos[:, None] >= o_k[None, :]
+        if LO:
+            m_s = m_s & (o_k >= lo)[None, :]
     if USE_G:
         if MASKED:
             b_x = gl.where(m_s, b_s * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
         else:
             b_x = b_s * qk_scale - b_gk[None, :]
+            if LO:
+                b_x = gl.where((o_k >= lo)[None, :], b_x, float("-inf"))
         b_mn = gl.maximum(b_m, gl.max(b_x, 1))
         b_p = gl.exp2(b_x - b_mn[:, None])
     else:
         if MASKED:
             b_s = gl.where(m_s, b_s, float("-inf"))
+        elif LO:
+            b_s = gl.where((o_k >= lo)[None, :], b_s, float("-inf"))
         b_mn = gl.maximum(b_m, gl.max(b_s, 1) * qk_scale)
         b_p = gl.exp2(b_s * qk_scale - b_mn[:, None])
     b_r = gl.exp2(b_m - b_mn)
@@ -189,8 +225,8 @@ def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
     b_gk = _key_gates(g_smem, b_g0, r, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(r % STAGES), count=1)
-    b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, s_layout, BN, USE_G,
-                                  MASKED)
+    b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, 0, s_layout, BN, USE_G,
+                                  MASKED, False)
     b_pn = gl.convert_layout(b_p.to(v_smem.dtype), b_pa.type.layout)
     # ptxas schedules the PV wait right after the QK wait, above the exponentials, wherever it stands in
     # the source (the softmax is register-only); a shared-memory store of the row sums, which needs every
@@ -202,14 +238,24 @@ def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l
 
 
 @gluon.jit
-def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
-                   l_smem, gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG: gl.constexpr,
-                   HQ: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                   NQ: gl.constexpr, USE_G: gl.constexpr):
-    """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) against the tile's key blocks, which sit
-    at ring positions c, c + 1, ...; the query rows in buffer it % NQ, which also stages the output for
-    its TMA store. With two buffers the previous tile's is released here once that store has read it;
-    with one, at the end of the tile."""
+def _store_o(desc_o, q, q_buf, b_o, i_b, row, col):
+    """The output rows through the warpgroup's query buffer (q, as [BMW, D]; q_buf, as the descriptor's
+    block) and a TMA store (clips rows past the batch's end)."""
+    q.store(b_o.to(desc_o.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(desc_o, [i_b, row, col], q_buf)
+
+
+@gluon.jit
+def _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
+                   turn, l_smem, gct, lse, i_b, i_hq, bos, kb, TQ, TK, t0, n_blk, c, it, TQB, TKP, qk_scale,
+                   WG: gl.constexpr, HQ: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
+                   STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr):
+    """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) of the sequence at row bos of batch i_b
+    (TQ queries, the last of TK keys from row kb) against the tile's key blocks, which sit at ring positions c, c + 1,
+    ...; the query rows in buffer it % NQ, which also stages the output for its TMA store. With two
+    buffers the previous tile's is released here once that store has read it; with one, at the end of the
+    tile. TQB: query rows per batch of o and lse."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BN, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -217,16 +263,17 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     offset = TK - TQ  # query row r sits at absolute key position offset + r
-    g_col0 = (i_b * HQ + i_hq).to(gl.int64) * TKP  # this (batch, head)'s row of the base-2 gate sums
+    g_col0 = (i_b * HQ + i_hq).to(gl.int64) * TKP + kb  # the first key's place in its row of the base-2 gate sums
     r0 = t0 + WG * BMW
     o_t = r0 + gl.arange(0, BMW, layout=row_s)
-    o_qpos = offset + o_t  # absolute positions of the rows
+    o_qpos = offset + o_t  # positions of the rows among the keys
     b_gq = gl.zeros([BMW], gl.float32, row_s)
     b_g0 = 0.0
     if USE_G:
         # base-2 gate sums of the rows relative to the first row's (g0), from the same rows as the keys'
         # (so that a query and the key at its own position cancel exactly)
-        b_g0 = gl.load(gct + g_col0 + offset + r0)
+        # (clamped: the rows of a second warpgroup may all lie past the sequence's end)
+        b_g0 = gl.load(gct + g_col0 + gl.minimum(offset + r0, TK - 1))
         b_gq = gl.load(gct + g_col0 + o_qpos, mask=o_t < TQ, other=0.0) - b_g0
     # blocks [0, n_off) precede every row of this warpgroup: no mask, scores without the row constant
     n_off = (offset + r0) // BN
@@ -249,10 +296,12 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
     b_gk = _key_gates(g_smem, b_g0, c, s_layout, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(c % STAGES), count=1)
     if n_off > 0:
-        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, s_layout, BN, USE_G, False)
+        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, offset, s_layout, BN, USE_G,
+                                      False, IS_VARLEN)
     else:
         b_m += b_gq  # stays -inf: the per-row representation from the start
-        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, s_layout, BN, USE_G, True)
+        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, offset, s_layout, BN, USE_G,
+                                      True, IS_VARLEN)
     b_pa = gl.convert_layout(b_p.to(v_smem.dtype), p_layout)
     b_o = gl.zeros([BMW, D], gl.float32, o_layout)
 
@@ -274,44 +323,57 @@ def _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_r
     b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
     mbarrier.arrive(v_empty.index(r % STAGES), count=1)
 
-    # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past TQ),
-    # waited for at the next tile (NQ = 2) or here (NQ = 1); natural-log lse = (m2 + log2 l) ln 2 with
-    # m2 the true base-2 row max
+    # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past the
+    # batch's TQB), waited for at the next tile (NQ = 2) or here (NQ = 1); natural-log lse = (m2 + log2 l) ln 2
+    # with m2 the true base-2 row max
     b_o = b_o / gl.convert_layout(b_l, gl.SliceLayout(1, o_layout))[:, None]
-    q.store(b_o.to(desc_o.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(desc_o, [i_b, r0, i_hq * D], q_smem.index(2 * qb + WG))
+    if IS_VARLEN:
+        if r0 + BMW > TQ:
+            # the sequence ends inside these rows and the next one's follow: a masked store from registers
+            o_r = r0 + gl.arange(0, BMW, layout=gl.SliceLayout(1, o_layout))
+            o_d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+            p_o = o + ((bos + o_r).to(gl.int64) * HQ + i_hq) * D
+            gl.store(p_o[:, None] + o_d[None, :], b_o.to(desc_o.dtype), mask=(o_r < TQ)[:, None])
+        else:
+            _store_o(desc_o, q, q_smem.index(2 * qb + WG), b_o, i_b, bos + r0, i_hq * D)
+    else:
+        _store_o(desc_o, q, q_smem.index(2 * qb + WG), b_o, i_b, r0, i_hq * D)
     b_lse = (b_m + gl.log2(b_l)) * LN2
-    gl.store(lse + ((i_b * TQ + o_t).to(gl.int64) * HQ + i_hq), b_lse, mask=o_t < TQ)
+    gl.store(lse + ((i_b * TQB + bos + o_t).to(gl.int64) * HQ + i_hq), b_lse, mask=o_t < TQ)
     if NQ == 1:
         tma.store_wait(pendings=0)
         mbarrier.arrive(q_empty.index(0), count=1)
 
 
 @gluon.jit
-def _consumer(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
-              l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr,
+def _consumer(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turn,
+              l_smem, gct, lse, sched, tiles, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr,
               HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-              STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr):
+              STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr,
+              KA: gl.constexpr):
     """One warpgroup (WG = 0 or 1: the first or second BM / 2 rows of every tile) through this program's
     tiles, in the producer's order."""
     c = 0
     it = 0
     for k in range(k0, k1):
-        i_b, i_hq, i_h, t0, n_blk = _tile(gl.load(sched + k), TQ, TK, B, HQ, G, BM, BN)
-        _consumer_tile(desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-                       turn, l_smem, gct, lse, i_b, i_hq, t0, n_blk, c, it, TQ, TK, TKP, qk_scale, WG, HQ, BM // 2,
-                       BN, D, STAGES, NQ, USE_G)
+        i_b, i_hq, _, bos, kb, TQ_t, TK_t, t0, n_blk = _tile(gl.load(sched + k), tiles, TQ, TK, B, HQ, G, BM, BN,
+                                                             IS_VARLEN, KA)
+        _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
+                       v_empty, turn, l_smem, gct, lse, i_b, i_hq, bos, kb, TQ_t, TK_t, t0, n_blk, c, it, TQ, TKP,
+                       qk_scale, WG, HQ, BM // 2, BN, D, STAGES, NQ, USE_G, IS_VARLEN)
         c += n_blk
         it += 1
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
-def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
-                                    B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
+def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, o, gct, lse, sched, tiles, scale, TQ, TK,
+                                    TKP, B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
                                     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
-                                    NQ: gl.constexpr, USE_G: gl.constexpr):
+                                    NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr,
+                                    KA: gl.constexpr):
+    # o: the output's pointer, for the packed batches' partial tiles (IS_VARLEN; else unused); tiles: the
+    # packed batches' chunk table (_tile); KA: their keys' alignment, in keys (_tile)
     # persistent: this program runs the tiles sched[k0:k1] (host-made, _schedule) in that order
     i_p = gl.program_id(0)
     k0 = gl.load(sched + i_p)
@@ -348,14 +410,15 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, gct,
 
     qk_scale = scale * LOG2E
     gl.warp_specialize([
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-                     turn, l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM, BN, D, STAGES,
-                     NQ, USE_G)),
-        (_consumer, (desc_o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
-                     turn, l_smem, gct, lse, sched, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM, BN, D, STAGES,
-                     NQ, USE_G)),
+        (_consumer, (desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
+                     v_empty, turn, l_smem, gct, lse, sched, tiles, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM,
+                     BN, D, STAGES, NQ, USE_G, IS_VARLEN, KA)),
+        (_consumer, (desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
+                     v_empty, turn, l_smem, gct, lse, sched, tiles, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM,
+                     BN, D, STAGES, NQ, USE_G, IS_VARLEN, KA)),
         (_producer, (desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready,
-                     k_empty, v_ready, v_empty, sched, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G)),
+                     k_empty, v_ready, v_empty, sched, tiles, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G,
+                     IS_VARLEN, KA)),
     ], [4, 1], [240, 24])
 
     for i in gl.static_range(NQ):

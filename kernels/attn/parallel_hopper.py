@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
+import math
 from collections import OrderedDict
 
 import torch
 import triton
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from kernels.attn.chunks import sequence_lengths
 from kernels.attn.parallel_fwd_hopper import parallel_attn_fwd_hopper_kernel
+from kernels.launch import LaunchCache
 from kernels.utils import is_hopper, num_sms
 
 
@@ -27,16 +32,22 @@ from kernels.utils import is_hopper, num_sms
 _BLOCKS = {64: (128, 128, 2, 2), 128: (128, 128, 2, 2)}
 # (batch x head)s per group of the schedule (_schedule)
 _GROUP = 8
+# packed batches, gated: a key block's gate sums are loaded by TMA from a column that is a multiple of this
+# (16 bytes of fp32); the keys start at the sequence's first row rounded down to it (the kernel's _tile).
+# H100, 2026-11-24: loads from other columns stopped the kernel with an illegal-instruction error
+_GATE_ALIGN = 4
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
-    """Whether the dispatch sends the call here: dense batch, 16-bit, a head dim of ``_BLOCKS``, on
-    sm_90, with TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates."""
+    """Whether the dispatch sends the call here: 16-bit, a head dim of ``_BLOCKS``, on sm_90, with
+    TMA-able tensors (contiguous, 16-byte aligned) and int32 coordinates; a dense batch, or a packed one
+    (cu_seqlens: B = 1, Tq = Tk)."""
     B, TQ, HQ, D = q.shape
     TK = k.shape[1]
     tensors = (q, k) if v is None else (q, k, v)
     return (
-        cu_seqlens is None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+        (cu_seqlens is None or (B == 1 and TQ == TK)) and q.is_cuda
+        and q.dtype in (torch.bfloat16, torch.float16)
         and D in _BLOCKS
         and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors)
         and is_hopper(q.device) and 0 < TQ <= TK
@@ -53,16 +64,23 @@ def _smem_layout(block: tuple[int, ...], dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPE[dtype])
 
 
-def _desc(x: torch.Tensor, block: list[int]):
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+def _desc(x: torch.Tensor, shape: list[int], block: list[int]) -> TensorDescriptor:
+    """The TMA descriptor of the contiguous tensor x seen as ``shape`` with ``block`` blocks. Built without
+    ``TensorDescriptor.__post_init__``'s checks (a third of the host time of an eager call went to the
+    five descriptors): what they check (16-byte aligned base and strides, positive sizes, the block's
+    shape) holds for every call that ``supported`` lets through, and test_parallel_hopper compares the
+    result with ``TensorDescriptor.from_tensor``'s."""
+    d = object.__new__(TensorDescriptor)
+    d.base, d.shape, d.block_shape, d.layout, d.padding = x, shape, block, _smem_layout(tuple(block), x.dtype), "zero"
+    d.strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+    return d
 
-    return TensorDescriptor.from_tensor(x, block, _smem_layout(tuple(block), x.dtype))
 
-
-def compile_sm90(D: int, gated: bool):
+def compile_sm90(D: int, gated: bool, varlen: bool = False):
     """The kernel compiled for sm_90 without a GPU (``triton.compile`` of the Gluon source for a CUDA 9.0
-    target; small batch and head counts, the default blocks of head dim D): its ``asm`` (ttgir, ptx) and
-    ``metadata`` for resource checks on any machine. Needs TRITON_INTERPRET unset."""
+    target; small batch and head counts, the default blocks of head dim D; packed batches when
+    ``varlen``): its ``asm`` (ttgir, ptx, cubin) and ``metadata`` for resource checks on any machine. Needs
+    TRITON_INTERPRET unset."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -73,11 +91,12 @@ def compile_sm90(D: int, gated: bool):
         layout = _smem_layout(tuple(block), dtype)
         return f"tensordesc<{'fp32' if dtype == torch.float32 else 'bf16'}[{','.join(map(str, block))}],{layout!r}>"
 
-    consts = dict(B=2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated)
+    consts = dict(B=1 if varlen else 2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated,
+                  IS_VARLEN=varlen, KA=_GATE_ALIGN if gated and varlen else 1)
     types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
                  desc_v=desc([1, BN, D]), desc_g=desc([1, BN], torch.float32) if gated else None,
-                 gct="*fp32" if gated else None, lse="*fp32", sched="*i32", scale="fp32", TQ="i32", TK="i32",
-                 TKP="i32")
+                 o="*bf16" if varlen else None, gct="*fp32" if gated else None, lse="*fp32", sched="*i32",
+                 tiles="*i32" if varlen else None, scale="fp32", TQ="i32", TK="i32", TKP="i32")
     sig, const = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts or types[name] is None:
@@ -89,28 +108,47 @@ def compile_sm90(D: int, gated: bool):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
 
 
-def _schedule(TQ: int, TK: int, BH: int, BM: int, BN: int, n_prog: int, GH: int, device) -> torch.Tensor:
-    """The persistent programs' tiles as int32 [n_prog + 1 + n_tiles]: n_prog + 1 bounds, then tile ids
-    (i_t * BH + bh); program p runs the ids at positions sched[p] to sched[p + 1], in that order.
+def _greedy(costs: list[int], NC: int, n_prog: int, GH: int) -> list[int]:
+    """The persistent programs' tile lists as int32 values [n_prog + 1 bounds, then tile ids]: program p
+    runs the ids at positions [p] to [p + 1], in that order. A tile id is i_r * NC + column for rows i_r
+    of ``costs`` (a tile's key blocks plus one for its prologue and epilogue) and NC columns ((batch x
+    head)s, or heads of a packed batch).
 
-    Tiles are taken GH (batch x head)s at a time, in a group the longest query tiles first, and each goes
-    to the program with the least work so far (a tile costs its key blocks plus one for its prologue and
-    epilogue): the longest-first greedy rule balances the programs, and programs that run at the same time
-    read the keys of few heads, which stay in L2."""
-    NT = triton.cdiv(TQ, BM)
-    cost = [triton.cdiv(min(TK - TQ + (i_t + 1) * BM, TK), BN) + 1 for i_t in range(NT)]
+    Tiles are taken GH columns at a time, in a group the costliest rows first, and each goes to the
+    program with the least work so far: the longest-first greedy rule balances the programs, and programs
+    that run at the same time read the keys of few heads, which stay in L2."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], i), reverse=True)
     heap = [(0, p) for p in range(n_prog)]
     tiles: list[list[int]] = [[] for _ in range(n_prog)]
-    for g0 in range(0, BH, GH):
-        for i_t in range(NT - 1, -1, -1):
-            for bh in range(g0, min(g0 + GH, BH)):
+    for g0 in range(0, NC, GH):
+        for i_r in order:
+            for col in range(g0, min(g0 + GH, NC)):
                 load, p = heap[0]
-                tiles[p].append(i_t * BH + bh)
-                heapq.heapreplace(heap, (load + cost[i_t], p))
+                tiles[p].append(i_r * NC + col)
+                heapq.heapreplace(heap, (load + costs[i_r], p))
     bounds = [n_prog + 1]
     for t in tiles:
         bounds.append(bounds[-1] + len(t))
-    return torch.tensor(bounds + [i for t in tiles for i in t], dtype=torch.int32).to(device, non_blocking=True)
+    return bounds + [i for t in tiles for i in t]
+
+
+def _schedule(TQ: int, TK: int, BH: int, BM: int, BN: int, n_prog: int, GH: int, device) -> torch.Tensor:
+    """A dense batch's schedule (``_greedy``): tile i_t * BH + bh is query tile i_t of (batch x head) bh."""
+    NT = triton.cdiv(TQ, BM)
+    costs = [triton.cdiv(min(TK - TQ + (i_t + 1) * BM, TK), BN) + 1 for i_t in range(NT)]
+    return torch.tensor(_greedy(costs, BH, n_prog, GH), dtype=torch.int32).to(device, non_blocking=True)
+
+
+def _varlen_tiles(lens: tuple[int, ...], HQ: int, BM: int, BN: int, n_prog: int, GH: int,
+                  device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed batch's schedule (``_greedy``; tile i_c * HQ + head is chunk i_c of that head) and its
+    chunk table, [NC, 3] int32 of (first row of the sequence, its length, the chunk's first row in it):
+    two views of one tensor (one copy to the device). n_prog: at most the number of tiles."""
+    chunks = [(bos, n, t0) for bos, n in zip(itertools.accumulate(lens, initial=0), lens) for t0 in range(0, n, BM)]
+    costs = [triton.cdiv(min(t0 + BM, n), BN) + 1 for _, n, t0 in chunks]
+    sched = _greedy(costs, HQ, n_prog, GH)
+    buf = torch.tensor(sched + [x for c in chunks for x in c], dtype=torch.int32).to(device, non_blocking=True)
+    return buf[:len(sched)], buf[len(sched):]
 
 
 _SCHEDULES: OrderedDict = OrderedDict()  # recent shapes' schedules (at most _SCHEDULES_MAX)
@@ -118,17 +156,17 @@ _SCHEDULES_MAX = 64
 _CAPTURED: dict = {}  # schedules read by captured CUDA graphs: never freed
 
 
-def _schedule_cached(*key) -> torch.Tensor:
-    """``_schedule(*key)``, kept for the recent shapes. A captured CUDA graph reads the tensor at replay,
-    so one used while capturing is kept for good; building one while capturing (a host-to-device copy)
-    is refused: run the call once before the capture, as a warm-up does."""
+def _cached(key, build):
+    """``build()``, kept for the recent keys. A captured CUDA graph reads the tensor at replay, so one
+    used while capturing is kept for good; building one while capturing (a host-to-device copy) is
+    refused: run the call once before the capture, as a warm-up does."""
     capturing = torch.cuda.is_current_stream_capturing()
     sched = _SCHEDULES.get(key)
     if sched is None:
         if capturing:
             raise RuntimeError("the Gluon forward met a new shape inside CUDA-graph capture; "
                                "run it once at that shape before capturing")
-        sched = _schedule(*key)
+        sched = build()
         _SCHEDULES[key] = sched
         if len(_SCHEDULES) > _SCHEDULES_MAX:
             _SCHEDULES.popitem(last=False)
@@ -139,27 +177,48 @@ def _schedule_cached(*key) -> torch.Tensor:
     return sched
 
 
+def _schedule_cached(*key) -> torch.Tensor:
+    """``_schedule(*key)`` through the cache of recent schedules (``_cached``)."""
+    return _cached(("dense",) + key, lambda: _schedule(*key))
+
+
+_LAUNCH = LaunchCache(parallel_attn_fwd_hopper_kernel)
+
+
 def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
                              blocks: tuple[int, int, int, int] | None = None, programs: int | None = None,
-                             group: int | None = None) -> None:
+                             group: int | None = None, cu_seqlens: torch.Tensor | None = None) -> None:
     """Write o [B, TQ, HQ, D] and lse [B, TQ, HQ] (natural log) for q, k, v (contiguous) and the base-2
-    running gate sums as per-head rows gct [B * HQ, TKP] fp32 (None when ungated). One program per SM
-    (``programs`` overrides, e.g. for tests that give every program many tiles)."""
+    running gate sums as per-head rows gct [B * HQ, TKP] fp32 (None when ungated); packed sequences when
+    cu_seqlens is given (B = 1, TQ = TK; their lengths are read on the host, once per cu_seqlens object:
+    ``chunks.sequence_lengths``). One program per SM (``programs`` overrides, e.g. for tests that give
+    every program many tiles)."""
     B, TQ, HQ, D = q.shape
     TK, H = k.shape[1], k.shape[2]
     BM, BN, STAGES, NQ = blocks or _BLOCKS[D]
     # [B, T, NH * D] views: a [1, rows, D] block of one head; TMA zero-fills rows past T of its batch
-    desc_q = _desc(q.view(B, TQ, HQ * D), [1, BM // 2, D])
-    desc_o = _desc(o.view(B, TQ, HQ * D), [1, BM // 2, D])
-    desc_k = _desc(k.view(B, TK, H * D), [1, BN, D])
-    desc_v = _desc(v.view(B, TK, H * D), [1, BN, D])
-    desc_g = _desc(gct, [1, BN]) if gct is not None else None  # a key block's gate sums; zero past the row
+    desc_q = _desc(q, [B, TQ, HQ * D], [1, BM // 2, D])
+    desc_o = _desc(o, [B, TQ, HQ * D], [1, BM // 2, D])
+    desc_k = _desc(k, [B, TK, H * D], [1, BN, D])
+    desc_v = _desc(v, [B, TK, H * D], [1, BN, D])
+    # a key block's gate sums; zero past the row
+    desc_g = _desc(gct, list(gct.shape), [1, BN]) if gct is not None else None
     TKP = gct.shape[1] if gct is not None else 0
-    n_tiles = triton.cdiv(TQ, BM) * B * HQ
-    n_prog = min(n_tiles, programs or num_sms(q.device))
-    sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, group or _GROUP, q.device)
-    grid = (n_prog,)
+    n_prog = programs or num_sms(q.device)
+    GH = group or _GROUP
+    if cu_seqlens is None:
+        n_prog = min(n_prog, triton.cdiv(TQ, BM) * B * HQ)
+        sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, GH, q.device)
+        tiles = None
+    else:
+        lens = tuple(sequence_lengths(cu_seqlens))
+        n_prog = min(n_prog, sum(triton.cdiv(n, BM) for n in lens) * HQ)
+        if n_prog == 0:
+            return
+        sched, tiles = _cached(("varlen", lens, HQ, BM, BN, n_prog, GH, q.device),
+                               lambda: _varlen_tiles(lens, HQ, BM, BN, n_prog, GH, q.device))
     # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
-    parallel_attn_fwd_hopper_kernel[grid](desc_q, desc_k, desc_v, desc_g, desc_o, gct, lse, sched, scale, TQ, TK, TKP,
-                                          B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
-                                          USE_G=gct is not None, num_warps=4)
+    _LAUNCH((n_prog,), desc_q, desc_k, desc_v, desc_g, desc_o, o if tiles is not None else None, gct, lse, sched, tiles,
+            scale, TQ, TK, TKP, B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
+            USE_G=gct is not None, IS_VARLEN=tiles is not None,
+            KA=_GATE_ALIGN if gct is not None and tiles is not None else 1, num_warps=4)
