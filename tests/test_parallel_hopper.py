@@ -38,30 +38,31 @@ nan_buffers = pytest.fixture(autouse=True)(nan_buffers_fixture)  # conftest: NaN
 
 
 @functools.lru_cache(maxsize=None)  # the structure and the SASS tests read the same compile
-def _compile_sm90(D: int, gated: bool, varlen: bool = False) -> dict:
+def _compile_sm90(D: int, gated: bool, varlen: bool = False, half: bool = True) -> dict:
     """TTGIR, PTX and shared memory of the kernel compiled for sm_90, in a child process without
     TRITON_INTERPRET: under the interpreter (as the CPU suite runs) Triton's own jit functions that Gluon
     calls (gl.max, gl.sum) are interpreter objects that the compiler refuses; a warm Triton cache hid
     that until a cold-cache run."""
     code = ("import base64, json, sys; from kernels.attn.parallel_hopper import compile_sm90; "
-            "k = compile_sm90(int(sys.argv[1]), sys.argv[2] == '1', sys.argv[3] == '1'); "
+            "k = compile_sm90(int(sys.argv[1]), *(a == '1' for a in sys.argv[2:])); "
             "json.dump(dict(ttgir=k.asm['ttgir'], ptx=k.asm['ptx'], shared=k.metadata.shared, "
             "cubin=base64.b64encode(k.asm['cubin']).decode()), sys.stdout)")
     env = {n: v for n, v in os.environ.items() if n != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code, str(D), str(int(gated)), str(int(varlen))], env=env,
-                         capture_output=True, text=True, timeout=600)
+    flags = [str(int(x)) for x in (gated, varlen, half)]
+    out = subprocess.run([sys.executable, "-c", code, str(D), *flags], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
 
 
-# (D, gated, packed batch)
-VARIANTS = [(64, True, False), (64, False, False), (128, True, False), (128, False, False), (128, True, True),
-            (64, False, True)]
+# (D, gated, packed batch, half last block)
+VARIANTS = [(64, True, False, True), (64, False, False, True), (128, True, False, True), (128, False, False, True),
+            (128, True, True, True), (64, False, True, True), (64, True, False, False), (128, True, False, False)]
 
 
-@pytest.mark.parametrize("D,gated,varlen", VARIANTS)
-def test_compiles_for_sm90_warp_specialised(D, gated, varlen):
-    kernel = _compile_sm90(D, gated, varlen)
+@pytest.mark.parametrize("D,gated,varlen,half", VARIANTS)
+def test_compiles_for_sm90_warp_specialised(D, gated, varlen, half):
+    kernel = _compile_sm90(D, gated, varlen, half)
     ttgir, ptx = kernel["ttgir"], kernel["ptx"]
     assert ".target sm_90a" in ptx
     assert kernel["shared"] <= 227 * 1024
@@ -97,48 +98,25 @@ def _sass_events(cubin: bytes) -> list[str]:
     return events
 
 
-@pytest.mark.parametrize("D,gated,varlen", VARIANTS)
-def test_softmax_runs_while_the_pv_product_is_in_flight(D, gated, varlen):
-    """In every step the 64 exponentials of a thread's scores sit between the wait for S(j) (one group
-    left: PV(j-1)) and the wait for PV(j) in the SASS. ptxas otherwise hoists the second wait above them
-    (the kernel's shared-memory store of the row sums prevents it; without it this fails)."""
-    events = _sass_events(_compile_sm90(D, gated, varlen)["cubin"].encode())
-    steps = [i for i, e in enumerate(events) if e == "W1"]
-    assert steps, "no step waits for S with the PV product in flight"
-    for i in steps:
+@pytest.mark.parametrize("D,gated,varlen,half", VARIANTS)
+def test_softmax_runs_while_the_pv_product_is_in_flight(D, gated, varlen, half):
+    """In every step the exponentials of a thread's scores sit between the wait for S(j) (one group left:
+    PV(j-1)) and the wait for PV(j) in the SASS: 64 per full key block, 32 in the one half-block step of
+    each consumer (a warpgroup's last block when its rows precede the block's middle). ptxas otherwise
+    hoists the second wait above them (the kernel's shared-memory store of the row sums prevents it;
+    without it this fails)."""
+    events = _sass_events(_compile_sm90(D, gated, varlen, half)["cubin"].encode())
+    counts = []
+    for i in [i for i, e in enumerate(events) if e == "W1"]:
         n_exp = 0
         for e in events[i + 1:]:
             if e == "W0":
                 break
             n_exp += e == "X"
-        assert n_exp >= 64, f"only {n_exp} exp2 between the S wait and the PV wait"
-
-
-@pytest.mark.parametrize("TQ,TK,BH,n_prog,group", [(1024, 1024, 256, 132, 8), (333, 600, 8, 3, 8), (16384, 16384, 16, 132, 8),
-                                                  (4096, 4096, 128, 132, 3), (100, 100, 5, 132, 8)])
-def test_schedule_runs_every_tile_once_balanced(TQ, TK, BH, n_prog, group):
-    """The persistent programs' tile lists: every tile exactly once, bounds consistent, each program's
-    tiles in the order of the grouped sequence (groups of heads, longest tiles first), and the programs'
-    work (key blocks + 1 per tile) within 10% of the mean where there are many tiles per program."""
-    BM = BN = 128
-    NT = -(-TQ // BM)
-    n_prog = min(n_prog, NT * BH)
-    sched = parallel_hopper._schedule(TQ, TK, BH, BM, BN, n_prog, group, "cpu").tolist()
-    bounds, ids = sched[:n_prog + 1], sched[n_prog + 1:]
-    assert bounds[0] == n_prog + 1 and bounds[-1] == len(sched) and bounds == sorted(bounds)
-    assert sorted(ids) == list(range(NT * BH))
-
-    def rank(i):  # position of tile i in the grouped sequence
-        i_t, bh = divmod(i, BH)
-        return (bh // group, NT - 1 - i_t, bh)
-
-    loads = []
-    for p in range(n_prog):
-        tiles = sched[bounds[p]:bounds[p + 1]]
-        assert [rank(i) for i in tiles] == sorted(rank(i) for i in tiles)
-        loads.append(sum(-(-min(TK - TQ + (i // BH + 1) * BM, TK) // BN) + 1 for i in tiles))
-    if len(ids) >= 8 * n_prog:
-        assert max(loads) <= 1.1 * sum(loads) / n_prog
+        counts.append(n_exp)
+    assert len(counts) >= 4, "no step waits for S with the PV product in flight"
+    short = [n for n in counts if n < 64]
+    assert len(short) <= (2 if half else 0) and all(n >= 32 for n in short), f"exp2 between the waits: {counts}"
 
 
 @pytest.mark.parametrize("dtype,shape,block", [(torch.bfloat16, [2, 300, 512], [1, 64, 128]),
@@ -221,7 +199,11 @@ def _inputs(B, TQ, TK, HQ, H, D, dtype, gate_shift=3.0):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gated", [True, False])
-def test_matches_reference(shape, dtype, gated):
+@pytest.mark.parametrize("half", [True, False])
+def test_matches_reference(shape, dtype, gated, half, monkeypatch):
+    """Against the fp64 reference, with and without the half last block (the kernel's HALF: below
+    _HALF_MAX_TK keys)."""
+    monkeypatch.setattr(parallel_hopper, "_HALF_MAX_TK", 10**9 if half else 0)
     B, TQ, TK, HQ, H, D = shape
     q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, dtype)
     assert parallel_hopper.supported(q, k, None)

@@ -17,6 +17,10 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
 
   (ptxas would hoist that PV wait above the exponentials; a shared-memory store holds it: ``_step``)
 
+* with HALF (short sequences, host rule), a warpgroup whose rows all precede the middle of the tile's
+  last key block (the first one on the diagonal of an aligned tile) runs that block on its first BN / 2
+  keys only: an S and a PV product of half the width, half the exponentials.
+
 * persistent programs, one per SM, each running a host-made list of tiles (``parallel_hopper._schedule``:
   a few heads at a time, longest tiles first, balanced by the longest-first greedy rule, so that the
   programs running together share their heads' keys in L2). The producer runs on into the next tile: the
@@ -131,21 +135,27 @@ def _producer(desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_
 
 @gluon.jit
 def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, lo, s_layout: gl.constexpr, BN: gl.constexpr,
-             USE_G: gl.constexpr, MASKED: gl.constexpr, LO: gl.constexpr):
+             NK: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr, LO: gl.constexpr):
     """Online softmax in base 2 of one block of raw products b_s = q.k: the probabilities (fp32), the new
     running max and sum, and the factor exp2(m_old - m_new) that rescales the accumulator. Gated scores
     are c q.k - gk' before the diagonal (row constant dropped) and c q.k + gq' - gk' on it. LO: keys
-    below lo (another sequence's, in a packed batch's first block) are masked too."""
-    o_k = i_blk * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+    below lo (another sequence's, in a packed batch's first block) are masked too. NK: the block's first
+    keys that b_s holds (BN, or BN / 2 for a warpgroup's last block). The row values come in any layout
+    equivalent to s_layout's rows (converted where used: no data moves) and the new ones leave in it."""
+    row: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_in: gl.constexpr = b_m.type.layout
+    b_m, b_l = gl.convert_layout(b_m, row), gl.convert_layout(b_l, row)
+    o_k = i_blk * BN + gl.arange(0, NK, layout=gl.SliceLayout(0, s_layout))
     if MASKED:
         # causal: a row's position is below TK, so keys past TK are masked with the later ones (rows past
         # TQ, whose outputs are never stored, may read the zero-filled or padded keys and gates)
-        m_s = o_qpos[:, None] >= o_k[None, :]
+        m_s = gl.convert_layout(o_qpos, row)[:, None] >= o_k[None, :]
         if LO:
             m_s = m_s & (o_k >= lo)[None, :]
     if USE_G:
         if MASKED:
-            b_x = gl.where(m_s, b_s * qk_scale + (b_gq[:, None] - b_gk[None, :]), float("-inf"))
+            b_x = gl.where(m_s, b_s * qk_scale + (gl.convert_layout(b_gq, row)[:, None] - b_gk[None, :]),
+                           float("-inf"))
         else:
             b_x = b_s * qk_scale - b_gk[None, :]
             if LO:
@@ -161,19 +171,19 @@ def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, lo, s_layout: g
         b_p = gl.exp2(b_s * qk_scale - b_mn[:, None])
     b_r = gl.exp2(b_m - b_mn)
     b_l = b_l * b_r + gl.sum(b_p, 1)
-    return b_p, b_mn, b_l, b_r
+    return b_p, gl.convert_layout(b_mn, row_in), gl.convert_layout(b_l, row_in), b_r
 
 
 @gluon.jit
-def _key_gates(g_smem, b_g0, r, s_layout: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
+def _key_gates(g_smem, b_g0, r, s_layout: gl.constexpr, BN: gl.constexpr, NK: gl.constexpr, STAGES: gl.constexpr,
                USE_G: gl.constexpr):
-    """[BN] base-2 gate sums of the key block at ring position r relative to g0, read from its stage
+    """[NK] base-2 gate sums of the first NK keys of the block at ring position r relative to g0, read from its stage
     (landed with the keys; columns past the row's end are zero-filled or padding, and masked). Read
     after the QK wait, so that the values do not hold registers while the products run."""
     if USE_G:
-        return g_smem.index(r % STAGES).reshape([BN]).load(gl.SliceLayout(0, s_layout)) - b_g0
+        return g_smem.index(r % STAGES).reshape([BN]).slice(0, NK).load(gl.SliceLayout(0, s_layout)) - b_g0
     else:
-        return gl.zeros([BN], gl.float32, gl.SliceLayout(0, s_layout))
+        return gl.zeros([NK], gl.float32, gl.SliceLayout(0, s_layout))
 
 
 @gluon.jit
@@ -191,41 +201,57 @@ def _turn_pass(turn, WG: gl.constexpr):
 
 
 @gluon.jit
-def _issue_qk(q, k_smem, k_ready, r, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-              STAGES: gl.constexpr):
-    """S = Q K^T, issued (async) once the key block at ring position r has landed in its stage."""
+def _issue_qk(q, k_smem, k_ready, r, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, NK: gl.constexpr,
+              D: gl.constexpr, STAGES: gl.constexpr):
+    """S = Q K^T for the first NK keys of the block at ring position r, issued (async) once the block has
+    landed in its stage."""
     s = r % STAGES
     mbarrier.wait(k_ready.index(s), (r // STAGES) & 1)
-    return warpgroup_mma(q, k_smem.index(s).reshape([BN, D]).permute((1, 0)),
-                         gl.zeros([BMW, BN], gl.float32, s_layout), use_acc=False, is_async=True)
+    return warpgroup_mma(q, k_smem.index(s).reshape([BN, D]).slice(0, NK).permute((1, 0)),
+                         gl.zeros([BMW, NK], gl.float32, s_layout), use_acc=False, is_async=True)
 
 
 @gluon.jit
 def _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
     """O *= b_r (the previous softmax's factor), then O += P V issued (async) once the value block at ring
-    position r has landed in its stage."""
+    position r has landed in its stage (P: [BMW, BN], or [BMW, BN / 2] for the block's first values)."""
+    NK: gl.constexpr = b_pa.type.shape[1]
     b_o = b_o * gl.convert_layout(b_r, gl.SliceLayout(1, b_o.type.layout))[:, None]
     s = r % STAGES
     mbarrier.wait(v_ready.index(s), (r // STAGES) & 1)
-    return warpgroup_mma(b_pa, v_smem.index(s).reshape([BN, D]), b_o, is_async=True)
+    return warpgroup_mma(b_pa, v_smem.index(s).reshape([BN, D]).slice(0, NK), b_o, is_async=True)
+
+
+@gluon.jit
+def _last_pv(b_pa, v_smem, v_ready, v_empty, turn, b_o, b_r, r, it, BN: gl.constexpr, D: gl.constexpr,
+             STAGES: gl.constexpr, WG: gl.constexpr):
+    """The tile's last issue group: PV of its last key block (ring position r), waited for."""
+    _turn_wait(turn, r + 1 + it, WG)
+    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r, BN, D, STAGES)
+    _turn_pass(turn, WG)
+    b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
+    mbarrier.arrive(v_empty.index(r % STAGES), count=1)
+    return b_o
 
 
 @gluon.jit
 def _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem, b_g0, b_gq, b_o, b_pa, b_m, b_l,
           b_r, o_qpos, c, it, i_blk, qk_scale, s_layout: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr,
-          D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr, WG: gl.constexpr):
-    """Key block i_blk (ring position c + i_blk): S = Q K^T is issued, the accumulator rescaled by the
-    previous block's factor b_r, then PV of the previous block issued; the softmax of S runs while that
-    PV is on the tensor cores; P and the new factor are kept for the next step (FA3's order)."""
+          NK: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, USE_G: gl.constexpr, MASKED: gl.constexpr,
+          WG: gl.constexpr):
+    """Key block i_blk (ring position c + i_blk; its first NK keys): S = Q K^T is issued, the accumulator
+    rescaled by the previous block's factor b_r, then PV of the previous block issued; the softmax of S runs
+    while that PV is on the tensor cores; P and the new factor are kept for the next step (FA3's order).
+    The row statistics come and go in the rows' layout of s_layout."""
     r = c + i_blk
     _turn_wait(turn, r + it, WG)
-    b_s = _issue_qk(q, k_smem, k_ready, r, s_layout, BMW, BN, D, STAGES)
+    b_s = _issue_qk(q, k_smem, k_ready, r, s_layout, BMW, BN, NK, D, STAGES)
     b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r - 1, BN, D, STAGES)
     _turn_pass(turn, WG)
     b_s = warpgroup_mma_wait(num_outstanding=1, deps=(b_s,))
-    b_gk = _key_gates(g_smem, b_g0, r, s_layout, BN, STAGES, USE_G)
+    b_gk = _key_gates(g_smem, b_g0, r, s_layout, BN, NK, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(r % STAGES), count=1)
-    b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, 0, s_layout, BN, USE_G,
+    b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, 0, s_layout, BN, NK, USE_G,
                                   MASKED, False)
     b_pn = gl.convert_layout(b_p.to(v_smem.dtype), b_pa.type.layout)
     # ptxas schedules the PV wait right after the QK wait, above the exponentials, wherever it stands in
@@ -250,7 +276,8 @@ def _store_o(desc_o, q, q_buf, b_o, i_b, row, col):
 def _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty,
                    turn, l_smem, gct, lse, i_b, i_hq, bos, kb, TQ, TK, t0, n_blk, c, it, TQB, TKP, qk_scale,
                    WG: gl.constexpr, HQ: gl.constexpr, BMW: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
-                   STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr):
+                   STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr,
+                   HALF: gl.constexpr):
     """One warpgroup, one tile: query rows [t0 + WG * BMW, + BMW) of the sequence at row bos of batch i_b
     (TQ queries, the last of TK keys from row kb) against the tile's key blocks, which sit at ring positions c, c + 1,
     ...; the query rows in buffer it % NQ, which also stages the output for its TMA store. With two
@@ -258,6 +285,8 @@ def _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, 
     tile. TQB: query rows per batch of o and lse."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BN, 16])
+    s_half: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, BN // 2, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -286,42 +315,53 @@ def _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, 
 
     # block 0 (nothing to overlap with yet)
     _turn_wait(turn, c + it, WG)  # issue groups: one per key block and the last PV, c + it before this tile
-    b_s = _issue_qk(q, k_smem, k_ready, c, s_layout, BMW, BN, D, STAGES)
+    b_s = _issue_qk(q, k_smem, k_ready, c, s_layout, BMW, BN, BN, D, STAGES)
     _turn_pass(turn, WG)
     if NQ == 2:
         if it > 0:
             tma.store_wait(pendings=0)  # the previous tile's output has left its query buffer
             mbarrier.arrive(q_empty.index(1 - qb), count=1)
     b_s = warpgroup_mma_wait(num_outstanding=0, deps=(b_s,))
-    b_gk = _key_gates(g_smem, b_g0, c, s_layout, BN, STAGES, USE_G)
+    b_gk = _key_gates(g_smem, b_g0, c, s_layout, BN, BN, STAGES, USE_G)
     mbarrier.arrive(k_empty.index(c % STAGES), count=1)
     if n_off > 0:
-        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, offset, s_layout, BN, USE_G,
-                                      False, IS_VARLEN)
+        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, offset, s_layout, BN, BN,
+                                      USE_G, False, IS_VARLEN)
     else:
         b_m += b_gq  # stays -inf: the per-row representation from the start
-        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, offset, s_layout, BN, USE_G,
-                                      True, IS_VARLEN)
+        b_p, b_m, b_l, b_r = _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, 0, qk_scale, offset, s_layout, BN, BN,
+                                      USE_G, True, IS_VARLEN)
     b_pa = gl.convert_layout(b_p.to(v_smem.dtype), p_layout)
     b_o = gl.zeros([BMW, D], gl.float32, o_layout)
 
     for i_blk in range(1, n_off):
         b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
                                          b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, qk_scale,
-                                         s_layout, BMW, BN, D, STAGES, USE_G, False, WG)
+                                         s_layout, BMW, BN, BN, D, STAGES, USE_G, False, WG)
     if n_off > 0:
         b_m += b_gq  # back to the per-row representation: m = m' + (gq_i - g0)
-    for i_blk in range(gl.maximum(n_off, 1), n_blk):
+    # the tile's last key block reaches BN keys past its first; when every row of this warpgroup precedes
+    # the block's middle (the first warpgroup on the diagonal of an aligned tile), its second half is
+    # masked for all of them: that block takes only its first BN / 2 keys (``_step`` with NK = BN / 2)
+    n_full = n_blk
+    if HALF:
+        half = (n_blk > 1) & (offset + r0 + BMW <= (n_blk - 1) * BN + BN // 2)
+        n_full -= half.to(gl.int32)
+    for i_blk in range(gl.maximum(n_off, 1), n_full):
         b_o, b_pa, b_m, b_l, b_r = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn, l_smem,
                                          b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, i_blk, qk_scale,
-                                         s_layout, BMW, BN, D, STAGES, USE_G, True, WG)
-    # PV of the last block
+                                         s_layout, BMW, BN, BN, D, STAGES, USE_G, True, WG)
     r = c + n_blk - 1
-    _turn_wait(turn, r + 1 + it, WG)
-    b_o = _issue_pv(b_pa, v_smem, v_ready, b_o, b_r, r, BN, D, STAGES)
-    _turn_pass(turn, WG)
-    b_o, b_pa = warpgroup_mma_wait(num_outstanding=0, deps=(b_o, b_pa))
-    mbarrier.arrive(v_empty.index(r % STAGES), count=1)
+    if HALF:
+        if half:
+            b_o, b_ph, b_m, b_l, b_rh = _step(q, k_smem, v_smem, g_smem, k_ready, k_empty, v_ready, v_empty, turn,
+                                              l_smem, b_g0, b_gq, b_o, b_pa, b_m, b_l, b_r, o_qpos, c, it, n_blk - 1,
+                                              qk_scale, s_half, BMW, BN, BN // 2, D, STAGES, USE_G, True, WG)
+            b_o = _last_pv(b_ph, v_smem, v_ready, v_empty, turn, b_o, b_rh, r, it, BN, D, STAGES, WG)
+        else:
+            b_o = _last_pv(b_pa, v_smem, v_ready, v_empty, turn, b_o, b_r, r, it, BN, D, STAGES, WG)
+    else:
+        b_o = _last_pv(b_pa, v_smem, v_ready, v_empty, turn, b_o, b_r, r, it, BN, D, STAGES, WG)
 
     # epilogue: o = acc / l through this warpgroup's query buffer and a TMA store (clips rows past the
     # batch's TQB), waited for at the next tile (NQ = 2) or here (NQ = 1); natural-log lse = (m2 + log2 l) ln 2
@@ -350,7 +390,7 @@ def _consumer(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_rea
               l_smem, gct, lse, sched, tiles, k0, k1, TQ, TK, TKP, qk_scale, WG: gl.constexpr, B: gl.constexpr,
               HQ: gl.constexpr, G: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
               STAGES: gl.constexpr, NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr,
-              KA: gl.constexpr):
+              KA: gl.constexpr, HALF: gl.constexpr):
     """One warpgroup (WG = 0 or 1: the first or second BM / 2 rows of every tile) through this program's
     tiles, in the producer's order."""
     c = 0
@@ -360,7 +400,7 @@ def _consumer(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_rea
                                                              IS_VARLEN, KA)
         _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
                        v_empty, turn, l_smem, gct, lse, i_b, i_hq, bos, kb, TQ_t, TK_t, t0, n_blk, c, it, TQ, TKP,
-                       qk_scale, WG, HQ, BM // 2, BN, D, STAGES, NQ, USE_G, IS_VARLEN)
+                       qk_scale, WG, HQ, BM // 2, BN, D, STAGES, NQ, USE_G, IS_VARLEN, HALF)
         c += n_blk
         it += 1
     tma.store_wait(pendings=0)
@@ -371,7 +411,7 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, o, g
                                     TKP, B: gl.constexpr, H: gl.constexpr, HQ: gl.constexpr, G: gl.constexpr,
                                     D: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, STAGES: gl.constexpr,
                                     NQ: gl.constexpr, USE_G: gl.constexpr, IS_VARLEN: gl.constexpr,
-                                    KA: gl.constexpr):
+                                    KA: gl.constexpr, HALF: gl.constexpr):
     # o: the output's pointer, for the packed batches' partial tiles (IS_VARLEN; else unused); tiles: the
     # packed batches' chunk table (_tile); KA: their keys' alignment, in keys (_tile)
     # persistent: this program runs the tiles sched[k0:k1] (host-made, _schedule) in that order
@@ -412,10 +452,10 @@ def parallel_attn_fwd_hopper_kernel(desc_q, desc_k, desc_v, desc_g, desc_o, o, g
     gl.warp_specialize([
         (_consumer, (desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
                      v_empty, turn, l_smem, gct, lse, sched, tiles, k0, k1, TQ, TK, TKP, qk_scale, 0, B, HQ, G, BM,
-                     BN, D, STAGES, NQ, USE_G, IS_VARLEN, KA)),
+                     BN, D, STAGES, NQ, USE_G, IS_VARLEN, KA, HALF)),
         (_consumer, (desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
                      v_empty, turn, l_smem, gct, lse, sched, tiles, k0, k1, TQ, TK, TKP, qk_scale, 1, B, HQ, G, BM,
-                     BN, D, STAGES, NQ, USE_G, IS_VARLEN, KA)),
+                     BN, D, STAGES, NQ, USE_G, IS_VARLEN, KA, HALF)),
         (_producer, (desc_q, desc_k, desc_v, desc_g, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, k_ready,
                      k_empty, v_ready, v_empty, sched, tiles, k0, k1, TQ, TK, B, HQ, G, BM, BN, D, STAGES, NQ, USE_G,
                      IS_VARLEN, KA)),

@@ -36,6 +36,12 @@ _GROUP = 8
 # (16 bytes of fp32); the keys start at the sequence's first row rounded down to it (the kernel's _tile).
 # H100, 2026-11-24: loads from other columns stopped the kernel with an illegal-instruction error
 _GATE_ALIGN = 4
+# calls whose (longest) sequence has at most this many keys: a warpgroup whose rows all precede the middle of
+# its tile's last key block takes only that block's first half (the kernel's HALF). H100, 2026-11-24, kernel
+# from graph replays: +3.1% / +2.0% at 32x64 T=1k gated / ungated, +4.1% / -1.3% at 16x128 T=1k ungated /
+# gated; from 4k keys -2.7% to +1.7% (the extra code costs the first consumer a spilled register:
+# docs/notes-prefill.md, session 11)
+_HALF_MAX_TK = 2048
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
@@ -76,11 +82,11 @@ def _desc(x: torch.Tensor, shape: list[int], block: list[int]) -> TensorDescript
     return d
 
 
-def compile_sm90(D: int, gated: bool, varlen: bool = False):
+def compile_sm90(D: int, gated: bool, varlen: bool = False, half: bool = True):
     """The kernel compiled for sm_90 without a GPU (``triton.compile`` of the Gluon source for a CUDA 9.0
     target; small batch and head counts, the default blocks of head dim D; packed batches when
-    ``varlen``): its ``asm`` (ttgir, ptx, cubin) and ``metadata`` for resource checks on any machine. Needs
-    TRITON_INTERPRET unset."""
+    ``varlen``; with the half last block when ``half``): its ``asm`` (ttgir, ptx, cubin) and
+    ``metadata`` for resource checks on any machine. Needs TRITON_INTERPRET unset."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -92,7 +98,7 @@ def compile_sm90(D: int, gated: bool, varlen: bool = False):
         return f"tensordesc<{'fp32' if dtype == torch.float32 else 'bf16'}[{','.join(map(str, block))}],{layout!r}>"
 
     consts = dict(B=1 if varlen else 2, H=2, HQ=4, G=2, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gated,
-                  IS_VARLEN=varlen, KA=_GATE_ALIGN if gated and varlen else 1)
+                  IS_VARLEN=varlen, KA=_GATE_ALIGN if gated and varlen else 1, HALF=half)
     types = dict(desc_q=desc([1, BM // 2, D]), desc_o=desc([1, BM // 2, D]), desc_k=desc([1, BN, D]),
                  desc_v=desc([1, BN, D]), desc_g=desc([1, BN], torch.float32) if gated else None,
                  o="*bf16" if varlen else None, gct="*fp32" if gated else None, lse="*fp32", sched="*i32",
@@ -210,8 +216,10 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
         n_prog = min(n_prog, triton.cdiv(TQ, BM) * B * HQ)
         sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, GH, q.device)
         tiles = None
+        half = TK <= _HALF_MAX_TK
     else:
         lens = tuple(sequence_lengths(cu_seqlens))
+        half = max(lens, default=0) <= _HALF_MAX_TK
         n_prog = min(n_prog, sum(triton.cdiv(n, BM) for n in lens) * HQ)
         if n_prog == 0:
             return
@@ -221,4 +229,4 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     _LAUNCH((n_prog,), desc_q, desc_k, desc_v, desc_g, desc_o, o if tiles is not None else None, gct, lse, sched, tiles,
             scale, TQ, TK, TKP, B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
             USE_G=gct is not None, IS_VARLEN=tiles is not None,
-            KA=_GATE_ALIGN if gct is not None and tiles is not None else 1, num_warps=4)
+            KA=_GATE_ALIGN if gct is not None and tiles is not None else 1, HALF=half, num_warps=4)
