@@ -202,7 +202,7 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     B, TQ, HQ, D = q.shape
     TK, H = k.shape[1], k.shape[2]
     BM, BN, STAGES, NQ = blocks or _BLOCKS[D]
-    # [B, T, NH * D] views: a [1, rows, D] block of one head; TMA zero-fills rows past T of its batch
+    # seen as [B, T, NH * D]: a [1, rows, D] block of one head; TMA zero-fills rows past T of its batch
     desc_q = _desc(q, [B, TQ, HQ * D], [1, BM // 2, D])
     desc_o = _desc(o, [B, TQ, HQ * D], [1, BM // 2, D])
     desc_k = _desc(k, [B, TK, H * D], [1, BN, D])
