@@ -31,6 +31,11 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
+def cu_seqlens_of(lens, device="cpu") -> torch.Tensor:
+    """int32 [N + 1] boundaries of packed sequences of these lengths."""
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
 def poisoned(*shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """A new buffer filled with NaN so that any element a kernel fails to write shows up."""
     return torch.full(shape, float("nan"), dtype=dtype, device=device)

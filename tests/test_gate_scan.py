@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import interpret, needs_cuda
+from conftest import cu_seqlens_of, interpret, needs_cuda
 from kernels.attn import naive
 
 pytestmark = pytest.mark.skipif(
@@ -95,7 +95,7 @@ def test_gate_scan_packed_sequences(reverse):
     print(f"seed={seed}")
     lens = [1, 300, 0, 700, 5, 513]  # a length-1 and an empty sequence, spans across chunk edges
     T, HQ = sum(lens), 6
-    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    cu = cu_seqlens_of(lens, DEVICE)
     g = _gates(1, T, HQ, gen, "forgotten")
     rows = torch.full((HQ, T + 16 - T % 16), float("nan"), device=DEVICE)
     out = gs.gate_scan(g, cu, reverse=reverse, rows=rows)

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import RTOL, nan_buffers_fixture, rel_err
+from conftest import RTOL, cu_seqlens_of, nan_buffers_fixture, rel_err
 from kernels.attn import naive
 
 triton = pytest.importorskip("triton")
@@ -314,7 +314,7 @@ def test_packed_batches_match_the_reference(lens, D, HQ, H, dtype, gated, monkey
     T = sum(lens)
     q, k, v, _ = _inputs(1, T, T, HQ, H, D, dtype)
     g = F.logsigmoid(torch.randn(1, T, HQ, device="cuda") + 3) if gated else None
-    cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))], dtype=torch.int32, device="cuda")
+    cu = cu_seqlens_of(lens, "cuda")
     calls = []
     real = parallel_hopper.parallel_attn_fwd_hopper
     monkeypatch.setattr(parallel_hopper, "parallel_attn_fwd_hopper",
@@ -336,7 +336,7 @@ def test_packed_batches_on_few_programs(programs, gated):
     lens = (300, 1, 129, 511, 64)
     T, HQ, H, D = sum(lens), 4, 2, 128
     q, k, v, gc = _inputs(1, T, T, HQ, H, D, torch.bfloat16)
-    cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))], dtype=torch.int32, device="cuda")
+    cu = cu_seqlens_of(lens, "cuda")
     g = F.logsigmoid(torch.randn(1, T, HQ, device="cuda") + 3) if gated else None
     gc = kernels_gate_scan(g, cu) if gated else None
     gct = parallel._gate_rows(gc, 1, None)[0]

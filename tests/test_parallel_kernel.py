@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import nan_buffers_fixture, needs_cuda, rel_err, triton_device
+from conftest import cu_seqlens_of, nan_buffers_fixture, needs_cuda, rel_err, triton_device
 from kernels.attn import naive
 
 DEVICE = triton_device()  # conftest: skips this module without CUDA or TRITON_INTERPRET=1
@@ -167,7 +167,7 @@ def test_backward_extreme_gates(seed):
 
 def test_varlen_with_length_one(seed):
     lens = [7, 1, 40, 12]
-    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    cu = cu_seqlens_of(lens, DEVICE)
     q, k, v, g = _inputs(1, sum(lens), 4, 2, 64, torch.float32)
     _check_fwd_bwd(q, k, v, g, seed, torch.float32, cu_seqlens=cu)
     # a varlen call must equal separate calls per sequence (and not leak across boundaries)
@@ -385,7 +385,7 @@ def test_gpu_long_sequence_blocks(seed, monkeypatch):
 @needs_cuda
 def test_gpu_varlen_and_cache(seed):
     lens = [1, 300, 1024, 77, 2000]
-    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+    cu = cu_seqlens_of(lens, DEVICE)
     q, k, v, g = _inputs(1, sum(lens), 8, 2, 128, torch.bfloat16)
     _check_fwd_bwd(q, k, v, g, seed, torch.bfloat16, cu_seqlens=cu)
     q, k, v, g = _inputs(2, 3000, 8, 2, 128, torch.bfloat16)

@@ -13,8 +13,16 @@ _LENGTHS: dict[torch.device, tuple[torch.Tensor, int | None, list[int]]] = {}
 _CHUNKS: dict[tuple, tuple[torch.Tensor, int | None, torch.Tensor]] = {}
 
 
-def _version(cu_seqlens: torch.Tensor) -> int | None:
-    return None if cu_seqlens.is_inference() else cu_seqlens._version
+def _kept(cache: dict, key, cu_seqlens: torch.Tensor, build):
+    """``build()`` for this cu_seqlens, kept in ``cache[key]`` for the same tensor object and version
+    (inference-mode tensors have no version counter)."""
+    version = None if cu_seqlens.is_inference() else cu_seqlens._version
+    hit = cache.get(key)
+    if hit is not None and hit[0] is cu_seqlens and hit[1] == version:
+        return hit[2]
+    value = build()
+    cache[key] = (cu_seqlens, version, value)
+    return value
 
 
 def sequence_lengths(cu_seqlens: torch.Tensor) -> list[int]:
@@ -25,28 +33,18 @@ def sequence_lengths(cu_seqlens: torch.Tensor) -> list[int]:
     Modifying cu_seqlens in place invalidates the entry, except for inference-mode tensors, which have
     no version counter: build a new cu_seqlens per batch of prompts.
     """
-    version = _version(cu_seqlens)
-    hit = _LENGTHS.get(cu_seqlens.device)
-    if hit is not None and hit[0] is cu_seqlens and hit[1] == version:
-        return hit[2]
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    _LENGTHS[cu_seqlens.device] = (cu_seqlens, version, lens)
-    return lens
+    return _kept(_LENGTHS, cu_seqlens.device, cu_seqlens, lambda: (cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
 
 
 def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk: int) -> torch.Tensor:
     """[NT, 2] int32 pairs (sequence index, tile index within the sequence) for packed sequences, kept
     for the same cu_seqlens object like ``sequence_lengths``."""
-    key = (chunk, cu_seqlens.device)
-    version = _version(cu_seqlens)
-    hit = _CHUNKS.get(key)
-    if hit is not None and hit[0] is cu_seqlens and hit[1] == version:
-        return hit[2]
-    lens = sequence_lengths(cu_seqlens)
-    pairs = [(n, t) for n, length in enumerate(lens) for t in range(triton.cdiv(length, chunk))]
-    if not pairs:
-        indices = torch.zeros(0, 2, dtype=torch.int32, device=cu_seqlens.device)
-    else:
-        indices = torch.tensor(pairs, dtype=torch.int32, device=cu_seqlens.device)
-    _CHUNKS[key] = (cu_seqlens, version, indices)
-    return indices
+
+    def build():
+        lens = sequence_lengths(cu_seqlens)
+        pairs = [(n, t) for n, length in enumerate(lens) for t in range(triton.cdiv(length, chunk))]
+        if not pairs:
+            return torch.zeros(0, 2, dtype=torch.int32, device=cu_seqlens.device)
+        return torch.tensor(pairs, dtype=torch.int32, device=cu_seqlens.device)
+
+    return _kept(_CHUNKS, (chunk, cu_seqlens.device), cu_seqlens, build)

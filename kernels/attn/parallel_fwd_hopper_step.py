@@ -36,21 +36,20 @@ def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, lo, s_layout: g
         m_s = gl.convert_layout(o_qpos, row)[:, None] >= o_k[None, :]
         if LO:
             m_s = m_s & (o_k >= lo)[None, :]
+    elif LO:
+        m_s = (o_k >= lo)[None, :]
     if USE_G:
         if MASKED:
-            b_x = gl.where(m_s, b_s * qk_scale + (gl.convert_layout(b_gq, row)[:, None] - b_gk[None, :]),
-                           float("-inf"))
+            b_x = b_s * qk_scale + (gl.convert_layout(b_gq, row)[:, None] - b_gk[None, :])
         else:
             b_x = b_s * qk_scale - b_gk[None, :]
-            if LO:
-                b_x = gl.where((o_k >= lo)[None, :], b_x, float("-inf"))
+        if MASKED or LO:
+            b_x = gl.where(m_s, b_x, float("-inf"))
         b_mn = gl.maximum(b_m, gl.max(b_x, 1))
         b_p = gl.exp2(b_x - b_mn[:, None])
     else:
-        if MASKED:
+        if MASKED or LO:
             b_s = gl.where(m_s, b_s, float("-inf"))
-        elif LO:
-            b_s = gl.where((o_k >= lo)[None, :], b_s, float("-inf"))
         b_mn = gl.maximum(b_m, gl.max(b_s, 1) * qk_scale)
         b_p = gl.exp2(b_s * qk_scale - b_mn[:, None])
     b_r = gl.exp2(b_m - b_mn)

@@ -72,8 +72,8 @@ def _smem_layout(block: tuple[int, ...], dtype: torch.dtype):
 
 def _desc(x: torch.Tensor, shape: list[int], block: list[int]) -> TensorDescriptor:
     """The TMA descriptor of the contiguous tensor x seen as ``shape`` with ``block`` blocks. Built without
-    ``TensorDescriptor.__post_init__``'s checks (a third of the host time of an eager call went to the
-    five descriptors): what they check (16-byte aligned base and strides, positive sizes, the block's
+    ``TensorDescriptor.__post_init__``'s checks (under cProfile, 15% of an eager call's host time went to
+    building the five descriptors; 7 us of 199 since, H100 machine, 2026-11-24): what they check (16-byte aligned base and strides, positive sizes, the block's
     shape) holds for every call that ``supported`` lets through, and test_parallel_hopper compares the
     result with ``TensorDescriptor.from_tensor``'s."""
     d = object.__new__(TensorDescriptor)
