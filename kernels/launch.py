@@ -8,8 +8,9 @@ about a third, against 13 us of kernel time.
 How: Triton compiles one kernel per *specialisation* of the arguments: each tensor's dtype and whether
 its address is 16-byte aligned, each integer's value class (1, a multiple of 16, its width), the
 constexprs and the launch options. ``LaunchCache`` keys on a superset of that: tensors by (dtype,
-aligned), Gluon tensor descriptors by dtype, block shape, shared layout, padding and rank (what Triton
-specialises them on; the launcher builds the TMA descriptor from the object at every launch), integers
+aligned), tensor descriptors (``tl`` and Gluon) by dtype, block shape, padding, rank and, for Gluon, the
+shared layout (what Triton specialises them on; the launcher builds the TMA descriptor from the object at
+every launch), integers
 by their exact value, floats by type, constexprs and options by value, plus the
 current device. The first launch of a key goes through Triton's own dispatch (which compiles if it
 must and returns the compiled kernel); later launches of the key call that compiled kernel's launcher
@@ -17,16 +18,21 @@ directly, with the same argument list Triton would pass. Two calls with equal ke
 identically by Triton, so they run the same binary either way.
 
 Not used under the CPU interpreter (``TRITON_INTERPRET=1``): there every call goes through
-``kernel[grid]``. Arguments of other types (``tl`` tensor descriptors, ...) also take Triton's path.
+``kernel[grid]``. Arguments of other types also take Triton's path.
+
+``descriptor`` builds either kind of tensor descriptor of a contiguous tensor without the dataclass's
+per-call checks (the other host cost of a TMA launch).
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 from triton import knobs
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+from triton.tools.tensor_descriptor import TensorDescriptor as TlTensorDescriptor
 from triton.runtime.driver import driver
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -38,6 +44,8 @@ def _arg_key(a):
         return (a.dtype, a.data_ptr() % 16 == 0)
     if isinstance(a, GluonTensorDescriptor):  # specialised by block type and layout (base: 16-byte aligned)
         return (GluonTensorDescriptor, a.base.dtype, tuple(a.block_shape), a.layout, a.padding, len(a.shape))
+    if isinstance(a, TlTensorDescriptor):  # specialised by dtype and block shape
+        return (TlTensorDescriptor, a.base.dtype, tuple(a.block_shape), a.padding, len(a.shape))
     if isinstance(a, bool):  # tagged: True == 1 as dict keys, but Triton types a bool i1 and an int i32
         return (bool, a)
     if a is None or isinstance(a, (int, str)):
@@ -45,6 +53,21 @@ def _arg_key(a):
     if isinstance(a, float):
         return float
     raise TypeError  # anything else: Triton's own dispatch
+
+
+def descriptor(cls, x: torch.Tensor, shape: list[int], block: list[int], layout=None):
+    """A tensor descriptor (``cls``: the ``tl`` or the Gluon TensorDescriptor; ``layout``: the Gluon one's
+    shared layout) of the contiguous tensor x seen as ``shape``, with ``block`` blocks and zero padding.
+    Built without the dataclass's ``__post_init__`` checks, which cost about as much host time as the
+    launch's own encoding of the descriptor: the callers let through only what those checks accept
+    (16-byte aligned base and strides, positive sizes, power-of-two blocks), and tests compare the result
+    with ``from_tensor``'s field by field."""
+    d = object.__new__(cls)
+    d.base, d.shape, d.block_shape, d.padding = x, shape, block, "zero"
+    d.strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+    if layout is not None:
+        d.layout = layout
+    return d
 
 
 class LaunchCache:

@@ -13,18 +13,24 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-_HOPPER_DEV: dict = {}  # device (as passed, not None) -> sm_90
+_SM_MAJOR: dict = {}  # device (as passed, not None) -> compute capability major (0: no CUDA)
+
+
+def sm_major(device: torch.device | None = None) -> int:
+    """The compute capability's major number of the device (default: the current one; 0 without CUDA);
+    cached per device given (``torch.cuda.get_device_capability`` costs ~10 us of host time per call on
+    the H100 machine, and the prefill path asks on every call)."""
+    major = _SM_MAJOR.get(device) if device is not None else None
+    if major is None:
+        major = torch.cuda.get_device_capability(device)[0] if torch.cuda.is_available() else 0
+        if device is not None:
+            _SM_MAJOR[device] = major
+    return major
 
 
 def is_hopper(device: torch.device | None = None) -> bool:
-    """Whether the device (default: the current one) is sm_90; cached per device given, a per-call
-    check on the prefill path."""
-    ok = _HOPPER_DEV.get(device) if device is not None else None
-    if ok is None:
-        ok = torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
-        if device is not None:
-            _HOPPER_DEV[device] = ok
-    return ok
+    """Whether the device (default: the current one) is sm_90 (cached as ``sm_major``)."""
+    return sm_major(device) == 9
 
 
 def cdiv(a: int, b: int) -> int:
@@ -49,8 +55,7 @@ def pdl_enabled(device: torch.device) -> bool:
         dev = torch.device(device)
         ok = dev.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
         if ok:
-            index = dev.index if dev.index is not None else torch.cuda.current_device()
-            ok = torch.cuda.get_device_capability(index)[0] >= 9
+            ok = sm_major(dev.index if dev.index is not None else torch.cuda.current_device()) >= 9
         _PDL[device] = ok
     return ok and os.environ.get("GATEDGEN_NO_PDL") != "1" and torch.cuda.is_current_stream_capturing()
 

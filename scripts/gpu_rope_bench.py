@@ -104,7 +104,7 @@ def micro(summary: dict[str, str]) -> None:
                 tag = f"T={T} {'gated' if gated else 'ungated'}"
                 cases = {
                     "autograd Function (before)": lambda: parallel.ParallelAttentionFunction.apply(
-                        q, k, v, None, g, scale, None),
+                        q, k, v, None, g, scale, None, True),
                     "kernels.parallel_attn (fast path)": lambda: kernels.parallel_attn(q, k, v, gc=g),
                     "parallel_attn_fwd (launcher only)": lambda: parallel.parallel_attn_fwd(
                         q, k, v, g.float().contiguous() if g is not None else None, scale, None),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import interpret, needs_cuda
-from kernels.launch import LaunchCache, _arg_key
+from kernels.launch import LaunchCache, _arg_key, descriptor
 
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
@@ -82,6 +82,56 @@ def test_arg_key_of_gluon_descriptors_is_what_triton_specialises():
     for other in (desc([2, 64, 256], [1, 32, 128]), desc([2, 64, 256], [1, 64, 128], torch.float16),
                   desc([2, 64, 256], [1, 64, 128], swizzle=64)):
         assert _arg_key(other) != _arg_key(base) and spec(other) != spec(base)
+
+
+def test_arg_key_of_tl_descriptors_is_what_triton_specialises():
+    """A ``tl`` tensor descriptor is specialised on its dtype and block shape (shape and strides are launch
+    values): equal keys for other shapes, distinct ones for another block or dtype, as Triton's own."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    def desc(shape, block, dtype=torch.bfloat16):
+        return TensorDescriptor.from_tensor(torch.zeros(shape, dtype=dtype), block)
+
+    def spec(d):
+        return native_specialize_impl(BaseBackend, d, False, True, True)
+
+    base = desc([64, 256], [32, 64])
+    same = desc([100, 512], [32, 64])
+    assert _arg_key(base) == _arg_key(same) and spec(base) == spec(same)
+    for other in (desc([64, 256], [64, 64]), desc([64, 256], [32, 64], torch.float16)):
+        assert _arg_key(other) != _arg_key(base) and spec(other) != spec(base)
+
+
+@pytest.mark.parametrize("gluon", [False, True])
+@pytest.mark.parametrize("dtype,shape,block", [(torch.bfloat16, [600, 512], [64, 128]),
+                                               (torch.float16, [1, 77, 128], [1, 128, 64]),
+                                               (torch.float32, [8, 1040], [1, 128])])
+def test_descriptor_equals_tritons_checked_one(gluon, dtype, shape, block):
+    """``descriptor`` (no dataclass checks) equals ``TensorDescriptor.from_tensor``'s checked descriptor
+    field by field, for the tl and the Gluon class."""
+    import math
+
+    from triton.tools.tensor_descriptor import TensorDescriptor as TlDesc
+
+    x = torch.zeros(math.prod(shape), dtype=dtype)
+    if gluon:
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GlDesc
+
+        layout = gl.NVMMASharedLayout.get_default_for(block, {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
+                                                              torch.float32: gl.float32}[dtype])
+        fast, checked = descriptor(GlDesc, x, shape, block, layout), GlDesc.from_tensor(x.view(shape), block, layout)
+        assert fast.layout == checked.layout
+    else:
+        fast, checked = descriptor(TlDesc, x, shape, block), TlDesc.from_tensor(x.view(shape), block)
+    assert type(fast) is type(checked)
+    assert fast.base.data_ptr() == checked.base.data_ptr() and fast.base.dtype == checked.base.dtype
+    for field in ("shape", "strides", "block_shape"):
+        assert list(getattr(fast, field)) == list(getattr(checked, field)), field
+    assert fast.padding == checked.padding
+    assert _arg_key(fast) == _arg_key(checked)
 
 
 @needs_triton

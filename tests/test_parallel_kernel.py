@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cu_seqlens_of, nan_buffers_fixture, needs_cuda, rel_err, triton_device
+from conftest import cu_seqlens_of, interpret, nan_buffers_fixture, needs_cuda, rel_err, triton_device
 from kernels.attn import naive
 
 DEVICE = triton_device()  # conftest: skips this module without CUDA or TRITON_INTERPRET=1
@@ -327,6 +327,32 @@ def test_backward_deterministic(seed):
     parallel.parallel_attn(*leaves).backward(do)
     for a, b in zip(grads, [t.grad for t in leaves]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_repeated_calls_take_the_launch_fast_path(dtype, seed):
+    """Calls of one shape with fresh values: each matches the reference (the second and third launch the
+    kernels through LaunchCache's fast path on a GPU; the interpreter always takes Triton's), also with
+    lse returned beside o and the gradient through o."""
+    kernels = [parallel._PREPROCESS, parallel._DKDV, parallel._DQ] + ([parallel._FWD] if dtype == torch.float32 else [])
+    hits = [c.hits for c in kernels]
+    for call in range(3):
+        q, k, v, g = _inputs(1, 45, 4, 2, 32, dtype)
+        if call < 2:
+            _check_fwd_bwd(q, k, v, g, seed, dtype)
+            continue
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, g)]
+        o, lse = parallel.parallel_attn(*leaves, return_lse=True)
+        assert not lse.requires_grad
+        do = torch.randn_like(o)
+        o.backward(do)
+        o_ref, lse_ref, grads_ref = _reference(q, k, v, g, do=do)
+        _check("o", o, o_ref, FWD_TOL[dtype], seed)
+        _check("lse", lse, lse_ref, FWD_TOL[torch.float32], seed)
+        for name, t, want in zip(("dq", "dk", "dv", "dg"), leaves, grads_ref):
+            _check(name, t.grad, want, BWD_TOL[dtype], seed)
+    for cache, before in zip(kernels, hits):
+        assert cache.hits == before if interpret else cache.hits >= before + 2, cache.kernel.fn.__name__
 
 
 def test_rejects_bad_arguments():

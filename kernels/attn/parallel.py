@@ -44,6 +44,7 @@ import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.attn.chunks import prepare_chunk_indices
 from kernels.attn.gate_scan import gate_scan
@@ -56,11 +57,19 @@ from kernels.attn.parallel_bwd import (
 from kernels.attn import parallel_hopper
 from kernels.attn.parallel_fwd import parallel_attn_fwd_kernel
 from kernels.attn.parallel_tuning import _AUTOTUNE, _blocks, _dkdv_tuned, _dq_tuned, _fwd_tuned
-from kernels.utils import LOG2E, fix_triton_interpreter_index, next_power_of_2
+from kernels.launch import LaunchCache, descriptor
+from kernels.utils import LOG2E, fix_triton_interpreter_index, next_power_of_2, sm_major
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if _INTERPRET:
     fix_triton_interpreter_index()
+
+# the kernels' launches skip Triton's dispatch on repeated keys (kernels/launch.py): an eager backward at
+# T=1k spent most of its host time there (H100 machine, 2026-11-25: ~1 ms of host time per gated f+b call)
+_FWD = LaunchCache(parallel_attn_fwd_kernel)
+_PREPROCESS = LaunchCache(parallel_attn_bwd_kernel_preprocess)
+_DKDV = LaunchCache(parallel_attn_bwd_kernel_dkdv)
+_DQ = LaunchCache(parallel_attn_bwd_kernel_dq)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,24 +90,21 @@ _TMA = os.environ.get("GATEDGEN_NO_TMA") != "1"
 
 
 def _tile_descriptors(x, y, rows: int, BK: int):
-    """TMA tensor descriptors of x and y [B, T, NH, D] viewed as [B * T, NH * D] with [rows, BK] blocks,
-    or (None, None) where TMA does not apply: head dims that are not a power of two (a padded block
-    would read the next head), dtypes other than bf16/fp16, bases not 16-byte aligned, 2^31 rows or
-    more (TMA coordinates are int32), GPUs before Hopper."""
+    """TMA tensor descriptors of x and y [B, T, NH, D] (contiguous) viewed as [B * T, NH * D] with
+    [rows, BK] blocks, or (None, None) where TMA does not apply: head dims that are not a power of two (a
+    padded block would read the next head), dtypes other than bf16/fp16, bases not 16-byte aligned, 2^31
+    rows or more (TMA coordinates are int32), GPUs before Hopper. Built without re-checks
+    (``launch.descriptor``): what the dataclass checks holds here."""
     B, T, NH, K = x.shape
     usable = (
         _TMA and K == BK and x.dtype in (torch.bfloat16, torch.float16) and 0 < B * T < 2**31
         and x.data_ptr() % 16 == 0 and y.data_ptr() % 16 == 0
-        and (_INTERPRET or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9))
+        and (_INTERPRET or (x.is_cuda and sm_major(x.device) >= 9))
     )
     if not usable:
         return None, None
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    def desc(t):
-        return TensorDescriptor(t, [B * T, NH * K], [NH * K, 1], [rows, BK])
-
-    return desc(x), desc(y)
+    shape = [B * T, NH * K]
+    return descriptor(TensorDescriptor, x, shape, [rows, BK]), descriptor(TensorDescriptor, y, shape, [rows, BK])
 
 
 # where the forward's unmasked blocks read the keys' gate sums: 1 = a per-head copy [B * HQ, Tk]
@@ -194,8 +200,8 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
         NT = chunks.shape[0]
         grid = (NT * HQ,)
     if NT > 0:
-        parallel_attn_fwd_kernel[grid](
-            q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, scale, TQ, TK, NT, TKP,
+        _FWD(
+            grid, q, k, v, o, gc, lse, cu_seqlens, chunks, desc_k, desc_v, gct, scale, TQ, TK, NT, TKP,
             IS_VARLEN=cu_seqlens is not None, **common, **cfg
         )
     return o, lse
@@ -217,8 +223,8 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens, gct=Non
     lset = torch.empty(B * HQ, TQP, dtype=torch.float32, device=q.device)
     BR = 16 if _INTERPRET else 64
     if TQ > 0:
-        parallel_attn_bwd_kernel_preprocess[(triton.cdiv(TQ, BR) * B * HQ,)](
-            o, do, lse, deltat, lset, TQ, TQP, B * HQ, HQ=HQ, K=K, BR=BR, BK=BK)
+        _PREPROCESS(
+            (triton.cdiv(TQ, BR) * B * HQ,), o, do, lse, deltat, lset, TQ, TQP, B * HQ, HQ=HQ, K=K, BR=BR, BK=BK)
     gct, TKP, _ = _gate_rows(gc, 1, gct)
 
     dq = torch.empty_like(q)
@@ -260,15 +266,15 @@ def parallel_attn_bwd(q, k, v, o, gc, lse, do, scale: float, cu_seqlens, gct=Non
     varlen = cu_seqlens is not None
     if NS > 0:
         desc_q, desc_do = _tile_descriptors(q, do, cfg_kv["BT"], BK)
-        parallel_attn_bwd_kernel_dkdv[grid_kv](
-            q, k, v, *rows, do, dk, dv, dgc_k, cu_seqlens, chunks_kv, desc_q, desc_do, scale, TQ, TK, TQP, TKP,
+        _DKDV(
+            grid_kv, q, k, v, *rows, do, dk, dv, dgc_k, cu_seqlens, chunks_kv, desc_q, desc_do, scale, TQ, TK, TQP, TKP,
             IS_VARLEN=varlen, USE_TMA=desc_q is not None, **common, **cfg_kv)
     if dgc_k is not None and dgc is None:
         dgc = dgc_k.clone()  # the dq kernel writes over the query positions
     if NT > 0:
         desc_k, desc_v = _tile_descriptors(k, v, cfg_q["BS"], BK)
-        parallel_attn_bwd_kernel_dq[grid_q](
-            q, k, v, *rows, do, dq, dgc_k, dgc, cu_seqlens, chunks_q, desc_k, desc_v, scale, TQ, TK, NT, TQP, TKP,
+        _DQ(
+            grid_q, q, k, v, *rows, do, dq, dgc_k, dgc, cu_seqlens, chunks_q, desc_k, desc_v, scale, TQ, TK, NT, TQP, TKP,
             IS_VARLEN=varlen, USE_TMA=desc_k is not None, **common, **cfg_q)
     return dq, dk, dv, dgc
 
@@ -287,25 +293,28 @@ def _gate_sums(g, gc, cu_seqlens, rows: bool = False):
 
 class ParallelAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, gc, scale, cu_seqlens):
+    def forward(ctx, q, k, v, g, gc, scale, cu_seqlens, return_lse):
         # g (raw gates) -> running sums per sequence; gc given directly when continuing a cache. The
         # base-2 rows are kept for the backward (one fp32 value per (token, head), as gc)
         gc_in, gct = _gate_sums(g, gc, cu_seqlens, rows=True)
         o, lse = parallel_attn_fwd(q, k, v, gc_in, scale, cu_seqlens, gct)
-        ctx.save_for_backward(q, k, v, o, gc_in, lse, gct)
+        ctx.save_for_backward(q, k, v, o, gc_in, lse)
+        ctx.gct = gct  # an intermediate of this call (no input or output): kept without the version checks
         ctx.scale, ctx.cu_seqlens = scale, cu_seqlens
         ctx.has_g, ctx.has_gc = g is not None, gc is not None
         ctx.g_dtype = g.dtype if g is not None else (gc.dtype if gc is not None else None)
+        if not return_lse:  # one output: less autograd bookkeeping per call
+            return o
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, o, gc, lse, gct = ctx.saved_tensors
-        dq, dk, dv, dgc = parallel_attn_bwd(q, k, v, o, gc, lse, do.contiguous(), ctx.scale, ctx.cu_seqlens, gct)
+    def backward(ctx, do, *_):
+        q, k, v, o, gc, lse = ctx.saved_tensors
+        dq, dk, dv, dgc = parallel_attn_bwd(q, k, v, o, gc, lse, do.contiguous(), ctx.scale, ctx.cu_seqlens, ctx.gct)
         dg = gate_scan(dgc, ctx.cu_seqlens, reverse=True).to(ctx.g_dtype) if ctx.has_g else None
         dgc_out = dgc.to(ctx.g_dtype) if ctx.has_gc else None
-        return dq, dk, dv, dg, dgc_out, None, None
+        return dq, dk, dv, dg, dgc_out, None, None, None
 
 
 def parallel_attn(
@@ -349,8 +358,9 @@ def parallel_attn(
         scale = q.shape[-1] ** -0.5
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, gc)):
-        o, lse = ParallelAttentionFunction.apply(q, k, v, g, gc, float(scale), cu_seqlens)
-    else:  # inference: the forward launcher directly, no autograd Function (~tens of us of host time)
-        gc_in, gct = _gate_sums(g, gc, cu_seqlens, rows=_GATE_T == 1)
-        o, lse = parallel_attn_fwd(q, k, v, gc_in, float(scale), cu_seqlens, gct)
+        # (o, lse) when return_lse, else o
+        return ParallelAttentionFunction.apply(q, k, v, g, gc, float(scale), cu_seqlens, return_lse)
+    # inference: the forward launcher directly, no autograd Function (~tens of us of host time)
+    gc_in, gct = _gate_sums(g, gc, cu_seqlens, rows=_GATE_T == 1)
+    o, lse = parallel_attn_fwd(q, k, v, gc_in, float(scale), cu_seqlens, gct)
     return (o, lse) if return_lse else o

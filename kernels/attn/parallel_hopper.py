@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-import math
 from collections import OrderedDict
 
 import torch
@@ -17,7 +16,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.attn.chunks import sequence_lengths
 from kernels.attn.parallel_fwd_hopper import parallel_attn_fwd_hopper_kernel
-from kernels.launch import LaunchCache
+from kernels.launch import LaunchCache, descriptor
 from kernels.utils import is_hopper, num_sms
 
 
@@ -71,15 +70,11 @@ def _smem_layout(block: tuple[int, ...], dtype: torch.dtype):
 
 
 def _desc(x: torch.Tensor, shape: list[int], block: list[int]) -> TensorDescriptor:
-    """The TMA descriptor of the contiguous tensor x seen as ``shape`` with ``block`` blocks. Built without
-    ``TensorDescriptor.__post_init__``'s checks (under cProfile, 15% of an eager call's host time went to
-    building the five descriptors; 7 us of 199 since, H100 machine, 2026-11-24): what they check (16-byte aligned base and strides, positive sizes, the block's
-    shape) holds for every call that ``supported`` lets through, and test_parallel_hopper compares the
-    result with ``TensorDescriptor.from_tensor``'s."""
-    d = object.__new__(TensorDescriptor)
-    d.base, d.shape, d.block_shape, d.layout, d.padding = x, shape, block, _smem_layout(tuple(block), x.dtype), "zero"
-    d.strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
-    return d
+    """The Gluon TMA descriptor of the contiguous tensor x seen as ``shape`` with ``block`` blocks, built
+    without re-checks (``launch.descriptor``; under cProfile, 15% of an eager call's host time went to the
+    five checked descriptors): every call that ``supported`` lets through passes those checks, and
+    test_parallel_hopper compares the result with ``TensorDescriptor.from_tensor``'s."""
+    return descriptor(TensorDescriptor, x, shape, block, _smem_layout(tuple(block), x.dtype))
 
 
 def compile_sm90(D: int, gated: bool, varlen: bool = False, half: bool = True):
@@ -225,7 +220,7 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
             return
         sched, tiles = _cached(("varlen", lens, HQ, BM, BN, n_prog, GH, q.device),
                                lambda: _varlen_tiles(lens, HQ, BM, BN, n_prog, GH, q.device))
-    # 4 warps here (the first consumer); the second consumer (4) and the producer (1) are partitions
+    # 4 warps here (the producer, the default partition); the two consumers (4 each) are worker partitions
     _LAUNCH((n_prog,), desc_q, desc_k, desc_v, desc_g, desc_o, o if tiles is not None else None, gct, lse, sched, tiles,
             scale, TQ, TK, TKP, B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
             USE_G=gct is not None, IS_VARLEN=tiles is not None,
