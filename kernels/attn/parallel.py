@@ -65,7 +65,7 @@ if _INTERPRET:
     fix_triton_interpreter_index()
 
 # the kernels' launches skip Triton's dispatch on repeated keys (kernels/launch.py): an eager backward at
-# T=1k spent most of its host time there (H100 machine, 2026-11-25: ~1 ms of host time per gated f+b call)
+# T=1k spent most of its host time there (H100 machine, 2026-11-24: ~1 ms of host time per gated f+b call)
 _FWD = LaunchCache(parallel_attn_fwd_kernel)
 _PREPROCESS = LaunchCache(parallel_attn_bwd_kernel_preprocess)
 _DKDV = LaunchCache(parallel_attn_bwd_kernel_dkdv)

@@ -12,7 +12,7 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
   softmax runs while the other's products are on the tensor cores. The producer is Gluon's default
   partition and both consumers are worker partitions: with the first consumer as the default
   partition, values of the kernel's prologue stayed live in it, and with the half last block ptxas
-  spilled one of them (35 local loads, D=64 and 128). H100, 2026-11-25, kernel from graph replays,
+  spilled one of them (35 local loads, D=64 and 128). H100, 2026-11-24, kernel from graph replays,
   same outputs bit for bit: gated +7.0% at 16x128 T=1k, +4.2% at 32x64 T=1k, 0 to +2.3% at 4k and 16k.
 * within a consumer, the softmax of block j overlaps the PV product of block j - 1 (FA3's order):
 

@@ -37,7 +37,7 @@ _GROUP = 8
 _GATE_ALIGN = 4
 # ungated calls whose (longest) sequence has at most this many keys: a warpgroup whose rows all precede the
 # middle of its tile's last key block takes only that block's first half (the kernel's HALF); gated calls too
-# when _HALF_GATED. H100, kernel from graph replays, on / off, best of two in one process (2026-11-25, producer
+# when _HALF_GATED. H100, kernel from graph replays, on / off, best of two in one process (2026-11-24, producer
 # as the default partition, no spills either way): ungated +0.3% / +2.2% at 16x128 / 32x64 T=1k, +0.3% /
 # +1.4% at 4k, -0.4% at 16k; gated -4.2% / +0.4% at T=1k, -1.1% / -0.3% at 4k, -0.7% / -2.6% at 16k.
 # (Session 11, with the spill: gated +3.1% at 32x64 T=1k, -1.3% at 16x128.)
