@@ -36,6 +36,16 @@ def cu_seqlens_of(lens, device="cpu") -> torch.Tensor:
     return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
 
 
+def assert_same_descriptor(fast, checked) -> None:
+    """Two tensor descriptors agree field by field (type, base, shape, strides, block, padding, layout)."""
+    assert type(fast) is type(checked)
+    assert fast.base.data_ptr() == checked.base.data_ptr() and fast.base.dtype == checked.base.dtype
+    for field in ("shape", "strides", "block_shape"):
+        assert list(getattr(fast, field)) == list(getattr(checked, field)), field
+    assert fast.padding == checked.padding
+    assert getattr(fast, "layout", None) == getattr(checked, "layout", None)
+
+
 def poisoned(*shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """A new buffer filled with NaN so that any element a kernel fails to write shows up."""
     return torch.full(shape, float("nan"), dtype=dtype, device=device)

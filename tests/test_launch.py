@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import interpret, needs_cuda
+from conftest import assert_same_descriptor, interpret, needs_cuda
 from kernels.launch import LaunchCache, _arg_key, descriptor
 
 triton = pytest.importorskip("triton")
@@ -123,14 +123,9 @@ def test_descriptor_equals_tritons_checked_one(gluon, dtype, shape, block):
         layout = gl.NVMMASharedLayout.get_default_for(block, {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
                                                               torch.float32: gl.float32}[dtype])
         fast, checked = descriptor(GlDesc, x, shape, block, layout), GlDesc.from_tensor(x.view(shape), block, layout)
-        assert fast.layout == checked.layout
     else:
         fast, checked = descriptor(TlDesc, x, shape, block), TlDesc.from_tensor(x.view(shape), block)
-    assert type(fast) is type(checked)
-    assert fast.base.data_ptr() == checked.base.data_ptr() and fast.base.dtype == checked.base.dtype
-    for field in ("shape", "strides", "block_shape"):
-        assert list(getattr(fast, field)) == list(getattr(checked, field)), field
-    assert fast.padding == checked.padding
+    assert_same_descriptor(fast, checked)
     assert _arg_key(fast) == _arg_key(checked)
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import RTOL, cu_seqlens_of, nan_buffers_fixture, rel_err
+from conftest import RTOL, assert_same_descriptor, cu_seqlens_of, nan_buffers_fixture, rel_err
 from kernels.attn import naive
 
 triton = pytest.importorskip("triton")
@@ -145,10 +145,7 @@ def test_descriptors_equal_tritons_checked_ones(dtype, shape, block):
     x = torch.zeros(math.prod(shape), dtype=dtype)
     fast = parallel_hopper._desc(x, shape, block)
     checked = TensorDescriptor.from_tensor(x.view(shape), block, parallel_hopper._smem_layout(tuple(block), dtype))
-    assert fast.base.data_ptr() == checked.base.data_ptr() and fast.base.dtype == checked.base.dtype
-    for field in ("shape", "strides", "block_shape"):
-        assert list(getattr(fast, field)) == list(getattr(checked, field)), field
-    assert fast.layout == checked.layout and fast.padding == checked.padding
+    assert_same_descriptor(fast, checked)
 
 
 @pytest.mark.parametrize("lens,HQ,n_prog,group", [((3000, 17, 5000, 1, 2048, 4000, 2318), 16, 132, 8),

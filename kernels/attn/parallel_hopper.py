@@ -213,16 +213,16 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
         n_prog = min(n_prog, triton.cdiv(TQ, BM) * B * HQ)
         sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, GH, q.device)
         tiles = None
-        half = TK <= _HALF_MAX_TK
+        longest = TK
     else:
         lens = tuple(sequence_lengths(cu_seqlens))
-        half = max(lens, default=0) <= _HALF_MAX_TK
+        longest = max(lens, default=0)
         n_prog = min(n_prog, sum(triton.cdiv(n, BM) for n in lens) * HQ)
         if n_prog == 0:
             return
         sched, tiles = _cached(("varlen", lens, HQ, BM, BN, n_prog, GH, q.device),
                                lambda: _varlen_tiles(lens, HQ, BM, BN, n_prog, GH, q.device))
-    half = half and (gct is None or _HALF_GATED)
+    half = longest <= _HALF_MAX_TK and (gct is None or _HALF_GATED)
     # 4 warps here (the producer, the default partition); the two consumers (4 each) are worker partitions
     _LAUNCH((n_prog,), desc_q, desc_k, desc_v, desc_g, desc_o, o if tiles is not None else None, gct, lse, sched, tiles,
             scale, TQ, TK, TKP, B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
