@@ -206,20 +206,22 @@ def test_split_count_fills_whole_waves(monkeypatch, B, H, Tmax, ceil_ns, waves_n
         decoding.num_splits(B, H, Tmax, 64, "cpu", 1, rule="round")
 
 
-@pytest.mark.parametrize("B,D,given,bs", [
-    (32, 128, None, 32),  # one slice per (sequence, KV head): 32-key tiles
-    (1, 128, None, 64),  # split: 64-key tiles
-    (32, 64, None, 64),  # measured at head dim 128 only
-    (32, 128, 64, 64),  # an explicit block is kept
+@pytest.mark.parametrize("B,D,gated,given,bs", [
+    (32, 128, False, None, 32),  # one slice per (sequence, KV head), ungated: 32-key tiles
+    (32, 128, True, None, 64),  # gated: slower in a layer stream with 32
+    (1, 128, False, None, 64),  # split: 64-key tiles
+    (32, 64, False, None, 64),  # measured at head dim 128 only
+    (32, 128, False, 64, 64),  # an explicit block is kept
 ])
-def test_single_slice_takes_32_key_tiles(monkeypatch, B, D, given, bs):
+def test_single_slice_takes_32_key_tiles(monkeypatch, B, D, gated, given, bs):
     """The plan alone (no launch): with 132 SMs, 32 x 4096 at 8 KV heads is one slice per (sequence, head),
     1 x 4096 is split."""
     monkeypatch.setattr(decoding, "num_sms", lambda device: 132)
     q = torch.zeros(B, 1, 32, D)
     k = torch.zeros(B, 4096, 8, D)
+    gc = torch.zeros(B, 4096, 32) if gated else None
     lens = torch.full((B,), 4096, dtype=torch.int32)
-    plan = decoding._plan(q, k, k, None, lens, None, given, None, None, None, None, None, None)
+    plan = decoding._plan(q, k, k, gc, lens, None, given, None, None, None, None, None, None)
     assert plan.meta["BS"] == bs
     assert (plan.NS == 1) == (B == 32)
 

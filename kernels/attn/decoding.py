@@ -94,7 +94,7 @@ SMALL_TILE_DOT = True  # measured: padded dot 1.6-2.6 TB/s, broadcast 0.4 TB/s (
 # last split program of each (b, KV head) merges, one launch); "fused" won the H100 sweep (notes)
 MERGE_MODES = ("kernel", "fused")
 MERGE = os.environ.get("GATEDGEN_DECODE_MERGE", "fused")
-SINGLE_SLICE_BLOCK = 32  # key tile when a sequence's cache is one slice (NS = 1), head dim 128 (_plan)
+SINGLE_SLICE_BLOCK = 32  # key tile when a sequence's cache is one slice (NS = 1), ungated, head dim 128 (_plan)
 MERGE_TILE = 8192  # elements of the fused merge's [rows, slices, D] tile (64 fp32 registers per thread)
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -209,10 +209,11 @@ def _plan(q, k_cache, v_cache, gc_cache, cache_seqlens, splits, block_s, num_war
     if num_stages is None:
         num_stages = 3 if BD <= 128 else 2
     NS = splits or num_splits(B, H, Tmax, block_s, q.device, programs_per_sm, split_rule)
-    if NS == 1 and use_dot and BD == 128 and not block_given:
-        # one slice per (sequence, KV head): the grid alone fills the GPU, and 32-key tiles (3 stages, 42 KB
-        # of shared memory) read faster than 64-key ones. H100, 32 x 4096 (256 programs), graph-replayed,
-        # 2026-11-24: gated 193.7 vs 201.3 us, ungated 187.0 vs 190.7 us (sweep in docs/notes-decode.md)
+    if NS == 1 and use_dot and BD == 128 and gc_cache is None and not block_given:
+        # one slice per (sequence, KV head), ungated: 32-key tiles (3 stages, 42 KB of shared memory) read
+        # faster than 64-key ones. H100, 32 x 4096 (256 programs), graph-replayed, 2026-11-24: 187.0 vs
+        # 190.7 us as one call, 186.5 vs 196.7 us per layer in an 8-layer stream. Gated calls keep 64 keys:
+        # 193.7 vs 201.3 us as one call but 221.4 vs 187.7 in the stream (docs/notes-decode.md, session 13)
         block_s = SINGLE_SLICE_BLOCK
     merge = merge or MERGE
     if merge not in MERGE_MODES:
