@@ -213,10 +213,9 @@ def _inputs(B, TQ, TK, HQ, H, D, dtype, gate_shift=3.0):
 @pytest.mark.parametrize("gated", [True, False])
 @pytest.mark.parametrize("half", [True, False])
 def test_matches_reference(shape, dtype, gated, half, monkeypatch):
-    """Against the fp64 reference, with and without the half last block (the kernel's HALF: below
-    _HALF_MAX_TK keys, gated calls only with _HALF_GATED)."""
+    """Against the fp64 reference, with and without the half last block (the kernel's HALF: up to
+    _HALF_MAX_TK keys)."""
     monkeypatch.setattr(parallel_hopper, "_HALF_MAX_TK", 10**9 if half else 0)
-    monkeypatch.setattr(parallel_hopper, "_HALF_GATED", half)
     B, TQ, TK, HQ, H, D = shape
     q, k, v, gc = _inputs(B, TQ, TK, HQ, H, D, dtype)
     assert parallel_hopper.supported(q, k, None)
@@ -323,9 +322,9 @@ VARLEN = [(1, 127, 128, 129, 0, 300, 64, 65), (1000, 17, 2053), (5,)]
 @pytest.mark.parametrize("gated", [True, False])
 def test_packed_batches_match_the_reference(lens, D, HQ, H, dtype, gated, monkeypatch):
     """Packed sequences through the Gluon forward (spied): o and lse against the fp64 reference per
-    packed batch, nothing leaking across sequence boundaries, every row written (NaN-poisoned). Gated fp16
-    batches also take the half last block (_HALF_GATED; gated bf16 ones run the default, without)."""
-    monkeypatch.setattr(parallel_hopper, "_HALF_GATED", dtype == torch.float16)
+    packed batch, nothing leaking across sequence boundaries, every row written (NaN-poisoned). fp16
+    batches take the half last block at any length, bf16 ones never (_HALF_MAX_TK)."""
+    monkeypatch.setattr(parallel_hopper, "_HALF_MAX_TK", 10**9 if dtype == torch.float16 else 0)
     T = sum(lens)
     q, k, v, _ = _inputs(1, T, T, HQ, H, D, dtype)
     g = F.logsigmoid(torch.randn(1, T, HQ, device="cuda") + 3) if gated else None

@@ -33,7 +33,7 @@ Triton 3.6's compiler does not do for the ``tl`` kernel is FlashAttention-3's sc
 
 The keys' gate sums come per block from the per-head base-2 rows (gct, as the tl kernel's unmasked
 blocks), loaded by the producer into the K ring's stage beside the keys; the queries' come from the
-same rows, so that a query and the key at its own position cancel exactly.
+same rows (one source for both sides of gq' - gk'; on the diagonal gq' joins the row max: ``_softmax``).
 
 Packed batches (cu_seqlens, B = 1) run through the same loops: a tile is a chunk of BM rows of one
 sequence, and its loads start at the sequence's first row (the keys, gated, up to three rows earlier, so
@@ -176,7 +176,7 @@ def _consumer_tile(desc_o, o, q_smem, k_smem, v_smem, g_smem, q_ready, q_empty, 
     b_g0 = 0.0
     if USE_G:
         # base-2 gate sums of the rows relative to the first row's (g0), from the same rows as the keys'
-        # (so that a query and the key at its own position cancel exactly)
+        # (one source for both sides of gq' - gk')
         # (clamped: the rows of a second warpgroup may all lie past the sequence's end)
         b_g0 = gl.load(gct + g_col0 + gl.minimum(offset + r0, TK - 1))
         b_gq = gl.load(gct + g_col0 + o_qpos, mask=o_t < TQ, other=0.0) - b_g0

@@ -25,7 +25,12 @@ def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, lo, s_layout: g
     are c q.k - gk' before the diagonal (row constant dropped) and c q.k + gq' - gk' on it. LO: keys
     below lo (another sequence's, in a packed batch's first block) are masked too. NK: the block's first
     keys that b_s holds (BN, or BN / 2 for a warpgroup's last block). The row values come in any layout
-    equivalent to s_layout's rows (converted where used: no data moves) and the new ones leave in it."""
+    equivalent to s_layout's rows (converted where used: no data moves) and the new ones leave in it.
+
+    On the diagonal gq' is added to the row max rather than to every score (one FADD per score fewer). The
+    scores c q.k - gk' then carry gk' at the size of the gate sums since the warpgroup's first row, where
+    gq' - gk' would have been exact near a row's own key: an extra rounding of at most one ulp of the
+    running sums themselves, whose own rounding already bounds the scores (the extreme-gates test)."""
     row: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_in: gl.constexpr = b_m.type.layout
     b_m, b_l = gl.convert_layout(b_m, row), gl.convert_layout(b_l, row)
@@ -39,14 +44,18 @@ def _softmax(b_s, b_m, b_l, b_gk, b_gq, o_qpos, i_blk, qk_scale, lo, s_layout: g
     elif LO:
         m_s = (o_k >= lo)[None, :]
     if USE_G:
-        if MASKED:
-            b_x = b_s * qk_scale + (gl.convert_layout(b_gq, row)[:, None] - b_gk[None, :])
-        else:
-            b_x = b_s * qk_scale - b_gk[None, :]
+        b_x = b_s * qk_scale - b_gk[None, :]
         if MASKED or LO:
             b_x = gl.where(m_s, b_x, float("-inf"))
-        b_mn = gl.maximum(b_m, gl.max(b_x, 1))
-        b_p = gl.exp2(b_x - b_mn[:, None])
+        if MASKED:
+            # the row constant gq' joins the row max, not every score: max(x + gq') = max(x) + gq', and
+            # exp2(x + gq' - m) = exp2(x - (m - gq')): one subtraction per score, as off the diagonal
+            b_gqr = gl.convert_layout(b_gq, row)
+            b_mn = gl.maximum(b_m, gl.max(b_x, 1) + b_gqr)
+            b_p = gl.exp2(b_x - (b_mn - b_gqr)[:, None])
+        else:
+            b_mn = gl.maximum(b_m, gl.max(b_x, 1))
+            b_p = gl.exp2(b_x - b_mn[:, None])
     else:
         if MASKED or LO:
             b_s = gl.where(m_s, b_s, float("-inf"))

@@ -35,14 +35,13 @@ _GROUP = 8
 # (16 bytes of fp32); the keys start at the sequence's first row rounded down to it (the kernel's _tile).
 # H100, 2026-11-24: loads from other columns stopped the kernel with an illegal-instruction error
 _GATE_ALIGN = 4
-# ungated calls whose (longest) sequence has at most this many keys: a warpgroup whose rows all precede the
-# middle of its tile's last key block takes only that block's first half (the kernel's HALF); gated calls too
-# when _HALF_GATED. H100, kernel from graph replays, on / off, best of two in one process (2026-11-24, producer
-# as the default partition, no spills either way): ungated +0.3% / +2.2% at 16x128 / 32x64 T=1k, +0.3% /
-# +1.4% at 4k, -0.4% at 16k; gated -4.2% / +0.4% at T=1k, -1.1% / -0.3% at 4k, -0.7% / -2.6% at 16k.
-# (Session 11, with the spill: gated +3.1% at 32x64 T=1k, -1.3% at 16x128.)
+# calls whose (longest) sequence has at most this many keys: a warpgroup whose rows all precede the middle of
+# its tile's last key block takes only that block's first half (the kernel's HALF). H100, kernel from CUDA-graph
+# replays, ten rounds in one process with the variants rotating and a copy of the default as the control
+# (2026-11-24, session 14; control within 0.2% / 2.5% at 32x64 / 16x128 T=1k): gated +3.0% / +3.4% at T=1k,
+# -2.6% to +0.2% at 4k (control -2.2% to +1.8%), ungated within 1% at T=1k. Session 12 had measured the gated
+# calls -4.2% / +0.4% at T=1k with two rounds and no control, and took the half block for ungated calls only.
 _HALF_MAX_TK = 2048
-_HALF_GATED = False
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, cu_seqlens, v: torch.Tensor | None = None) -> bool:
@@ -222,7 +221,7 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
             return
         sched, tiles = _cached(("varlen", lens, HQ, BM, BN, n_prog, GH, q.device),
                                lambda: _varlen_tiles(lens, HQ, BM, BN, n_prog, GH, q.device))
-    half = longest <= _HALF_MAX_TK and (gct is None or _HALF_GATED)
+    half = longest <= _HALF_MAX_TK
     # 4 warps here (the producer, the default partition); the two consumers (4 each) are worker partitions
     _LAUNCH((n_prog,), desc_q, desc_k, desc_v, desc_g, desc_o, o if tiles is not None else None, gct, lse, sched, tiles,
             scale, TQ, TK, TKP, B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ,
