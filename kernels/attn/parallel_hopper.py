@@ -37,10 +37,11 @@ _GROUP = 8
 _GATE_ALIGN = 4
 # calls whose (longest) sequence has at most this many keys: a warpgroup whose rows all precede the middle of
 # its tile's last key block takes only that block's first half (the kernel's HALF). H100, kernel from CUDA-graph
-# replays, ten rounds in one process with the variants rotating and a copy of the default as the control
-# (2026-11-24, session 14; control within 0.2% / 2.5% at 32x64 / 16x128 T=1k): gated +3.0% / +3.4% at T=1k,
-# -2.6% to +0.2% at 4k (control -2.2% to +1.8%), ungated within 1% at T=1k. Session 12 had measured the gated
-# calls -4.2% / +0.4% at T=1k with two rounds and no control, and took the half block for ungated calls only.
+# replays, on against off, ten rounds in one process with the variants rotating and a copy of the default as a
+# control (2026-11-24, session 14; best / median of the rounds): gated +5.0% / +3.1% at 32x64 T=1k, +2.0% / +3.3%
+# at 16x128 T=1k, +4.3% / +4.7% and +3.8% / +3.2% at 2k; ungated +1.8% to +4.6%; the control read -3.4% to +2.3%
+# off the default. Session 12 had measured gated calls -4.2% / +0.4% at T=1k (two rounds, no control) and
+# took the half block for ungated calls only.
 _HALF_MAX_TK = 2048
 
 
