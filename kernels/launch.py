@@ -22,6 +22,19 @@ Not used under the CPU interpreter (``TRITON_INTERPRET=1``): there every call go
 
 ``descriptor`` builds either kind of tensor descriptor of a contiguous tensor without the dataclass's
 per-call checks (the other host cost of a TMA launch).
+
+A fast-path launch calls the compiled kernel's C launcher itself, with the argument list Triton's Python
+wrappers would build (tensor descriptors expanded to their TMA maps, shapes and strides by Triton's own
+``make_tensordesc_arg``) and no launch metadata while no launch hook listens (Triton 3.6 keeps the hooks
+as empty ``HookChain`` objects, which made every launch build a metadata dict). Kernels that need
+global or profile scratch memory keep Triton's launcher.
+
+``LaunchCache.prepare`` goes one step further for callers that launch the same call again and again
+(an eager prefill at a fixed shape, a benchmark loop): it returns a ``PreparedLaunch`` whose whole
+argument list is built once, with pointers as integers and TMA maps filled; the caller keys it on what
+the arguments are made of (addresses, shapes, values) and replays it with ``()``. H100 machine,
+2026-11-25 (session 15): the Gluon prefill launch cost 48 us of host time per call (five descriptors,
+the argument key, Triton's wrappers), a prepared replay a few.
 """
 
 from __future__ import annotations
@@ -34,6 +47,11 @@ from triton import knobs
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 from triton.tools.tensor_descriptor import TensorDescriptor as TlTensorDescriptor
 from triton.runtime.driver import driver
+
+try:  # Triton's own expansion of a host tensor descriptor into launcher arguments (NVIDIA backend)
+    from triton.backends.nvidia.driver import make_tensordesc_arg
+except ImportError:  # pragma: no cover - other backends: Triton's launcher only
+    make_tensordesc_arg = None
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _MAX_KEYS = 4096  # per kernel; a full cache is emptied (a key is a shape / stride / constexpr combination)
@@ -70,6 +88,81 @@ def descriptor(cls, x: torch.Tensor, shape: list[int], block: list[int], layout=
     return d
 
 
+def _hooks_idle() -> bool:
+    """Whether no launch hook listens (None, or an empty ``HookChain``): then a launch needs no metadata."""
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return True
+
+
+def _raw_launcher(run):
+    """The compiled kernel's C launcher under Triton's Python wrappers, with the positions and TMA metadata
+    of its tensor-descriptor parameters: (launch, {position: meta}), or None where the launcher is not
+    the one this module knows (Triton 3.6, NVIDIA: ``CudaLauncher.launch``, which is the C function or
+    ``wrap_handle_tensordesc``'s closure over it) or needs scratch memory per launch."""
+    if make_tensordesc_arg is None or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
+        return None
+    launch = getattr(run, "launch", None)
+    code = getattr(launch, "__code__", None)
+    if code is None:  # the C function itself: no tensor descriptors
+        return (launch, {}) if launch is not None else None
+    cells = dict(zip(code.co_freevars, (c.cell_contents for c in launch.__closure__ or ())))
+    if not {"launcher", "tensordesc_indices", "tensordesc_meta"} <= cells.keys():
+        return None
+    positions = sorted(cells["tensordesc_indices"])
+    return cells["launcher"], dict(zip(positions, cells["tensordesc_meta"]))
+
+
+class _Entry:
+    """A compiled specialisation: the kernel, the parameters after the positional ones, and (when the fast
+    path applies) the C launcher, the arguments it takes before the kernel's (function, cooperative grid,
+    PDL, no scratch, packed metadata, no launch metadata, no hooks) and the descriptor positions."""
+
+    __slots__ = ("compiled", "tail", "raw", "head", "descs")
+
+    def __init__(self, compiled, tail):
+        self.compiled, self.tail = compiled, tail
+        run = compiled.run
+        raw = _raw_launcher(run)
+        self.raw, self.descs = raw if raw is not None else (None, {})
+        self.head = (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                     compiled.packed_metadata, None, None, None) if raw is not None else None
+
+    def expand(self, all_args, as_ints: bool = False) -> list:
+        """The kernel's arguments as the C launcher takes them: descriptors expanded (``make_tensordesc_arg``),
+        and with ``as_ints`` every tensor as its address."""
+        if not self.descs and not as_ints:
+            return all_args
+        out = []
+        for i, a in enumerate(all_args):
+            meta = self.descs.get(i, _NOT_DESC)
+            parts = make_tensordesc_arg(a, meta) if meta is not _NOT_DESC else (a,)
+            if as_ints:
+                parts = [p.data_ptr() if isinstance(p, torch.Tensor) else p for p in parts]
+            out.extend(parts)
+        return out
+
+
+_NOT_DESC = object()
+
+
+class PreparedLaunch:
+    """One launch with its whole C-launcher argument list built (pointers as integers, TMA maps filled):
+    ``()`` launches it on the current stream. It holds no tensor: the caller keys it on the addresses,
+    shapes and values it was built from and keeps alive what it points to (``keep``: e.g. a schedule
+    tensor the caller's own cache may drop). Launch hooks (e.g. proton's) do not see these launches."""
+
+    __slots__ = ("_raw", "_device", "_grid", "_args", "keep")
+
+    def __init__(self, raw, device: int, grid: tuple, args: tuple, keep=None):
+        self._raw, self._device, self._grid, self._args, self.keep = raw, device, grid, args, keep
+
+    def __call__(self) -> None:
+        gx, gy, gz = self._grid
+        self._raw(gx, gy, gz, driver.active.get_current_stream(self._device), *self._args)
+
+
 class LaunchCache:
     """``LaunchCache(kernel)(grid, *args, **constexprs_and_options)`` launches like
     ``kernel[grid](*args, **constexprs_and_options)``; args are the kernel's leading non-constexpr
@@ -80,30 +173,57 @@ class LaunchCache:
         self.hits = 0  # launches that skipped Triton's dispatch (tests check the fast path runs)
         self._compiled: dict[tuple, tuple] = {}
 
-    def __call__(self, grid, *args, **meta):
-        if _INTERPRET:
-            return self.kernel[grid](*args, **meta)
+    def _entry(self, grid, args, meta, launch: bool):
+        """(key, entry) of this call; a new key is compiled by Triton's dispatch, which also launches when
+        ``launch`` (else ``warmup``: compile only). (None, None) when the key does not cover an argument."""
         try:
             key = (torch.cuda.current_device(), tuple(map(_arg_key, args)), tuple(meta.items()))
-            hit = self._compiled.get(key)
+            entry = self._compiled.get(key)
         except TypeError:  # an argument type the key does not cover, or an unhashable value
-            return self.kernel[grid](*args, **meta)
-        if hit is None:
-            compiled = self.kernel[grid](*args, **meta)
+            return None, None
+        if entry is None:
+            if launch:
+                compiled = self.kernel[grid](*args, **meta)
+            else:
+                compiled = self.kernel.warmup(*args, grid=grid, **meta)
             if len(self._compiled) >= _MAX_KEYS:
                 self._compiled.clear()
             # the parameters after the positional ones (constexprs, defaults), as Triton binds them
             params = self.kernel.params[len(args):]
             tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
-            self._compiled[key] = (compiled, tail)
-            return compiled
-        compiled, tail = hit
+            self._compiled[key] = _Entry(compiled, tail)
+            return key, None if launch else self._compiled[key]
+        return key, entry
+
+    def __call__(self, grid, *args, **meta):
+        if _INTERPRET:
+            return self.kernel[grid](*args, **meta)
+        key, entry = self._entry(grid, args, meta, launch=True)
+        if entry is None:  # launched by Triton (a new key), or a key-less call
+            return self.kernel[grid](*args, **meta) if key is None else self._compiled[key].compiled
         self.hits += 1
         stream = driver.active.get_current_stream(key[0])
         grid = tuple(grid) + (1,) * (3 - len(grid))
-        all_args = args + tail
+        all_args = args + entry.tail
+        compiled = entry.compiled
+        if entry.raw is not None and _hooks_idle():
+            entry.raw(grid[0], grid[1], grid[2], stream, *entry.head, *entry.expand(all_args))
+            return compiled
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
         metadata = compiled.launch_metadata(grid, stream, *all_args) if enter is not None else None
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, metadata,
                      enter, leave, *all_args)
         return compiled
+
+    def prepare(self, grid, *args, keep=None, **meta) -> PreparedLaunch | None:
+        """A ``PreparedLaunch`` of ``self(grid, *args, **meta)`` (compiled here if new, not launched), or None
+        where only the ordinary path applies (the interpreter, an argument the key does not cover, a
+        launcher that needs scratch memory, a launch hook listening). Every tensor in ``args`` must be a
+        CUDA tensor of the current device (its address goes in as an integer, unchecked)."""
+        if _INTERPRET or not _hooks_idle():
+            return None
+        key, entry = self._entry(grid, args, meta, launch=False)
+        if entry is None or entry.raw is None:
+            return None
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        return PreparedLaunch(entry.raw, key[0], grid, entry.head + tuple(entry.expand(args + entry.tail, True)), keep)

@@ -169,3 +169,53 @@ def test_gpu_launch_cache_under_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(y, 2.0 * x)
+
+
+@needs_triton
+def test_prepare_compiles_without_launching_and_replays_current_values():
+    """``prepare`` compiles a new key without launching; ``()`` launches with the values the buffers hold
+    then (pointers are kept, not values). The interpreter has no prepared launches."""
+    cache = LaunchCache(_scaled_copy)
+    x = torch.randn(200, device=DEVICE)
+    y = torch.full((200,), float("nan"), device=DEVICE)
+    plan = cache.prepare((4,), x, y, 200, 1, 3.0, BLOCK=64, ADD_ONE=True, num_warps=4)
+    if interpret:
+        assert plan is None
+        return
+    torch.cuda.synchronize()
+    assert torch.isnan(y).all(), "prepare must not launch"
+    for _ in range(2):
+        plan()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(y, 3.0 * x + 1.0)
+        x.copy_(torch.randn(200, device=DEVICE))
+        y.fill_(float("nan"))
+    # the same key through the ordinary call agrees (one compiled kernel for both)
+    cache((4,), x, y, 200, 1, 3.0, BLOCK=64, ADD_ONE=True, num_warps=4)
+    torch.testing.assert_close(y, 3.0 * x + 1.0)
+    assert cache.hits == 1
+
+
+@needs_cuda
+def test_gpu_launch_hooks_still_called():
+    """With a launch hook listening, fast-path launches go through Triton's launcher (which calls it) and
+    ``prepare`` declines; without one, the C launcher is called directly."""
+    from triton import knobs
+
+    cache = LaunchCache(_scaled_copy)
+    x = torch.randn(64, device="cuda")
+    y = torch.empty(64, device="cuda")
+    cache((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False)  # compile
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata.get()["name"])
+
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        cache((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False)
+        assert cache.prepare((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False) is None
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert seen == ["_scaled_copy"]
+    assert cache.prepare((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False) is not None

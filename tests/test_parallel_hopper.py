@@ -270,6 +270,38 @@ def test_persistent_programs_walk_many_tiles(programs, blocks, gated):
 
 
 @gpu
+@pytest.mark.parametrize("gated", [True, False])
+def test_prepared_launch_replays_read_the_current_values(gated):
+    """A dense call at addresses seen before replays its prepared launch (no new plan) and reads the values
+    that are there now: new inputs written in place, the outputs NaN-poisoned before each call."""
+    B, T, HQ, H, D = 2, 300, 4, 2, 128
+    q, k, v, gc = _inputs(B, T, T, HQ, H, D, torch.bfloat16)
+    gc = gc if gated else None
+    gct = parallel._gate_rows(gc, 1, None)[0]
+    o = torch.empty_like(q)
+    lse = torch.empty(B, T, HQ, device="cuda")
+    plans = None
+    for call in range(3):
+        if call:
+            for x, fresh in zip((q, k, v), _inputs(B, T, T, HQ, H, D, torch.bfloat16)):
+                x.copy_(fresh)
+            if gated:
+                gc.copy_(_inputs(B, T, T, HQ, H, D, torch.bfloat16, gate_shift=1.0)[3])
+                gct.copy_(parallel._gate_rows(gc, 1, None)[0])
+        o.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, gct, D ** -0.5, o, lse)
+        if call == 0:
+            plans = dict(parallel_hopper._PLANS)
+        else:
+            assert parallel_hopper._PLANS == plans, "a repeat at the same addresses must replay, not plan anew"
+        ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(),
+                                             gc=gc.double() if gated else None, return_lse=True)
+        assert rel_err(o, ref_o) < RTOL[torch.bfloat16]
+        assert rel_err(lse, ref_lse) < 1e-5
+
+
+@gpu
 def test_schedule_survives_in_a_captured_graph(monkeypatch):
     """A CUDA graph captured after a warm-up replays correctly after its shape's schedule left the cache
     (the graph keeps reading the tensor it captured); a shape first met inside a capture is refused."""

@@ -169,12 +169,17 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
     """o [B, TQ, HQ, D] (q's dtype) and lse [B, TQ, HQ] fp32 natural log. ``gct``: the base-2 gate rows
     of gc when the caller has them (``_gate_sums``), else built here."""
     B, TQ, HQ, K = q.shape
-    TK, H = k.shape[1], k.shape[2]
-    BK = max(next_power_of_2(K), 16)
     o = torch.empty_like(q)
     lse = torch.empty(B, TQ, HQ, dtype=torch.float32, device=q.device)
     if TQ == 0:
         return o, lse
+    if _HOPPER and not _INTERPRET and not _AUTOTUNE and parallel_hopper.supported(q, k, cu_seqlens, v):
+        # first: the eager prefill path, where host time per call counts
+        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse,
+                                                 cu_seqlens=cu_seqlens)
+        return o, lse
+    TK, H = k.shape[1], k.shape[2]
+    BK = max(next_power_of_2(K), 16)
     common = dict(B=B, H=H, HQ=HQ, G=HQ // H, K=K, BK=BK, USE_G=gc is not None, DOT_PREC=_dot_prec(q.dtype),
                   GROUP=_TILE_GROUP)
     if cu_seqlens is None and _AUTOTUNE:
@@ -184,7 +189,7 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
         return o, lse
-    if _HOPPER and not _INTERPRET and parallel_hopper.supported(q, k, cu_seqlens, v):
+    if _HOPPER and not _INTERPRET and parallel_hopper.supported(q, k, cu_seqlens, v):  # packed, under _AUTOTUNE
         parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse,
                                                  cu_seqlens=cu_seqlens)
         return o, lse
