@@ -55,6 +55,7 @@ except ImportError:  # pragma: no cover - other backends: Triton's launcher only
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _MAX_KEYS = 4096  # per kernel; a full cache is emptied (a key is a shape / stride / constexpr combination)
+_MAX_PLANS = 256  # prepared launches per kernel (``launch_prepared``); a full store is emptied
 
 
 def _arg_key(a):
@@ -171,7 +172,8 @@ class LaunchCache:
     def __init__(self, kernel):
         self.kernel = kernel
         self.hits = 0  # launches that skipped Triton's dispatch (tests check the fast path runs)
-        self._compiled: dict[tuple, tuple] = {}
+        self._compiled: dict[tuple, _Entry] = {}
+        self._plans: dict = {}  # caller key -> PreparedLaunch (``launch_prepared``)
 
     def _entry(self, grid, args, meta, launch: bool):
         """(key, entry) of this call; a new key is compiled by Triton's dispatch, which also launches when
@@ -227,3 +229,21 @@ class LaunchCache:
             return None
         grid = tuple(grid) + (1,) * (3 - len(grid))
         return PreparedLaunch(entry.raw, key[0], grid, entry.head + tuple(entry.expand(args + entry.tail, True)), keep)
+
+    def launch_prepared(self, plan_key, make) -> PreparedLaunch | None:
+        """Launch the prepared launch stored under the caller's ``plan_key``, or first prepare one from
+        ``make()`` -> (grid, args, meta, keep) and store it. ``plan_key`` must determine every argument
+        ``make`` would build (addresses, shapes, values, settings). Where no launch can be prepared the
+        call is launched the ordinary way (and None returned)."""
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            grid, args, meta, keep = make()
+            plan = self.prepare(grid, *args, keep=keep, **meta)
+            if plan is None:
+                self(grid, *args, **meta)
+                return None
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[plan_key] = plan
+        plan()
+        return plan

@@ -292,9 +292,9 @@ def test_prepared_launch_replays_read_the_current_values(gated):
         lse.fill_(float("nan"))
         parallel_hopper.parallel_attn_fwd_hopper(q, k, v, gct, D ** -0.5, o, lse)
         if call == 0:
-            plans = dict(parallel_hopper._PLANS)
+            plans = dict(parallel_hopper._LAUNCH._plans)
         else:
-            assert parallel_hopper._PLANS == plans, "a repeat at the same addresses must replay, not plan anew"
+            assert parallel_hopper._LAUNCH._plans == plans, "a repeat at the same addresses must replay, not plan anew"
         ref_o, ref_lse = naive.parallel_attn(q.double(), k.double(), v.double(),
                                              gc=gc.double() if gated else None, return_lse=True)
         assert rel_err(o, ref_o) < RTOL[torch.bfloat16]

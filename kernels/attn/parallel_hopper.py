@@ -187,15 +187,6 @@ def _schedule_cached(*key) -> torch.Tensor:
 
 _LAUNCH = LaunchCache(parallel_attn_fwd_hopper_kernel)
 
-# prepared launches of dense calls (``LaunchCache.prepare``), keyed on everything their arguments are
-# built from: the device, dtype, shapes, the six tensors' addresses, the scale and the launch settings.
-# An eager call at a shape seen before (a benchmark loop, a prefill whose buffers come back at the same
-# addresses) skips the descriptors, the schedule lookup and the launch key. H100 machine, 2026-11-25:
-# 48 us of host time per call before (docs/notes-prefill.md, session 15)
-_PLANS: dict = {}
-_PLANS_MAX = 256
-
-
 def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
                              blocks: tuple[int, int, int, int] | None = None, programs: int | None = None,
                              group: int | None = None, cu_seqlens: torch.Tensor | None = None) -> None:
@@ -203,31 +194,32 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     the base-2 running gate sums as per-head rows gct [B * HQ, TKP] fp32 (None when ungated); packed
     sequences when cu_seqlens is given (B = 1, TQ = TK; their lengths are read on the host, once per
     cu_seqlens object: ``chunks.sequence_lengths``). One program per SM (``programs`` overrides, e.g. for
-    tests that give every program many tiles). Dense calls replay a prepared launch when one was built
-    from the same addresses, shapes and settings (``_PLANS``)."""
-    if cu_seqlens is None:
-        # (the module's settings too: tests change them)
-        plan_key = (q.get_device(), q.dtype, q.shape, k.shape, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                    lse.data_ptr(), None if gct is None else (gct.data_ptr(), gct.shape[1]), scale, blocks, programs,
-                    group, _HALF_MAX_TK, _GROUP, _BLOCKS.get(q.shape[3]))
-        plan = _PLANS.get(plan_key)
-        if plan is None:
-            plan = _launch(q, k, v, gct, scale, o, lse, blocks, programs, group, None, prepare=True)
-            if plan is None:  # launched the ordinary way
-                return
-            if len(_PLANS) >= _PLANS_MAX:
-                _PLANS.clear()
-            _PLANS[plan_key] = plan
-        if torch.cuda.is_current_stream_capturing():
-            _CAPTURED[plan.keep[0]] = plan.keep[1]  # the graph reads the schedule at every replay
-        plan()
+    tests that give every program many tiles).
+
+    Dense calls replay a prepared launch (``LaunchCache.launch_prepared``) keyed on everything its
+    arguments are built from: the device, dtype, shapes, the six tensors' addresses, the scale, the
+    launch settings and the module's (tests change them). An eager call at a shape and addresses seen
+    before (a benchmark loop, a prefill whose buffers come back at the same addresses) skips the
+    descriptors, the schedule lookup and the launch key. H100 machine, 2026-11-25: 48 us of host time
+    per call before, 12 after (docs/notes-prefill.md, session 15)."""
+    if cu_seqlens is not None:
+        launch = _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens)
+        if launch is not None:
+            grid, args, meta, _ = launch
+            _LAUNCH(grid, *args, **meta)
         return
-    _launch(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens)
+    plan_key = (q.get_device(), q.dtype, q.shape, k.shape, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
+                lse.data_ptr(), None if gct is None else (gct.data_ptr(), gct.shape[1]), scale, blocks, programs,
+                group, _HALF_MAX_TK, _GROUP, _BLOCKS.get(q.shape[3]))
+    plan = _LAUNCH.launch_prepared(
+        plan_key, lambda: _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, None))
+    if plan is not None and torch.cuda.is_current_stream_capturing():
+        _CAPTURED[plan.keep[0]] = plan.keep[1]  # the graph reads the schedule at every replay
 
 
-def _launch(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens, prepare: bool = False):
-    """``parallel_attn_fwd_hopper``'s launch, or with ``prepare`` (dense calls) its ``PreparedLaunch``
-    keeping (schedule key, schedule), None where the launch could not be prepared (then it ran here)."""
+def _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens):
+    """(grid, args, constexprs and options, (schedule key, schedule)) of ``parallel_attn_fwd_hopper``'s
+    launch, or None when a packed batch has no tile."""
     B, TQ, HQ, D = q.shape
     TK, H = k.shape[1], k.shape[2]
     BM, BN, STAGES, NQ = blocks or _BLOCKS[D]
@@ -253,18 +245,13 @@ def _launch(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens, pr
         n_prog = min(n_prog, sum(triton.cdiv(n, BM) for n in lens) * HQ)
         if n_prog == 0:
             return None
-        sched, tiles = _cached(("varlen", lens, HQ, BM, BN, n_prog, GH, q.device),
-                               lambda: _varlen_tiles(lens, HQ, BM, BN, n_prog, GH, q.device))
+        sched_key = ("varlen", lens, HQ, BM, BN, n_prog, GH, q.device)
+        sched, tiles = _cached(sched_key, lambda: _varlen_tiles(lens, HQ, BM, BN, n_prog, GH, q.device))
     half = longest <= _HALF_MAX_TK
-    # 4 warps here (the producer, the default partition); the two consumers (4 each) are worker partitions
     args = (desc_q, desc_k, desc_v, desc_g, desc_o, o if tiles is not None else None, gct, lse, sched, tiles,
             scale, TQ, TK, TKP)
+    # 4 warps here (the producer, the default partition); the two consumers (4 each) are worker partitions
     meta = dict(B=B, H=H, HQ=HQ, G=HQ // H, D=D, BM=BM, BN=BN, STAGES=STAGES, NQ=NQ, USE_G=gct is not None,
                 IS_VARLEN=tiles is not None, KA=_GATE_ALIGN if gct is not None and tiles is not None else 1,
                 HALF=half, num_warps=4)
-    if prepare:
-        plan = _LAUNCH.prepare((n_prog,), *args, keep=(sched_key, sched), **meta)
-        if plan is not None:
-            return plan
-    _LAUNCH((n_prog,), *args, **meta)
-    return None
+    return (n_prog,), args, meta, (sched_key, sched)
