@@ -34,7 +34,7 @@ global or profile scratch memory keep Triton's launcher.
 argument list is built once, with pointers as integers and TMA maps filled; the caller keys it on what
 the arguments are made of (addresses, shapes, values) and replays it with ``()``. H100 machine,
 2026-11-25 (session 15): the Gluon prefill launch cost 48 us of host time per call (five descriptors,
-the argument key, Triton's wrappers), a prepared replay a few.
+the argument key, Triton's wrappers), a prepared replay 12 us (its key included).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ fp32. Varlen rows count sum over sequences of 2*H*len^2*D. Times are triton.test
 medians. Run: ``python -m gatedgen.bench.kernels_prefill [--quick] [--graphs]``.
 
 ``--graphs`` adds a forward-only table timed from CUDA-graph replays (``do_bench_cudagraph``, no
-autograd) for every contender alike: the GPU's time without the host's launch cost, which at T = 1k
-is as long as the kernel (our call: a gate-scan launch, five TMA descriptors, the Gluon launch) and
-varies with the machine's CPU.
+autograd) for every contender alike: the GPU's time without the host's launch cost. At T = 1k an eager
+call's host work (our gated call with autograd inputs: about 90 us on the H100 machine's CPU, two
+prepared launches; SDPA: about 35 us) comes close to the L2 flush that do_bench runs before each call,
+and past it the GPU waits for the host: that time varies with the machine's CPU.
 """
 
 from __future__ import annotations
