@@ -187,6 +187,7 @@ def _schedule_cached(*key) -> torch.Tensor:
 
 _LAUNCH = LaunchCache(parallel_attn_fwd_hopper_kernel)
 
+
 def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: torch.Tensor,
                              blocks: tuple[int, int, int, int] | None = None, programs: int | None = None,
                              group: int | None = None, cu_seqlens: torch.Tensor | None = None) -> None:
