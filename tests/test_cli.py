@@ -25,9 +25,11 @@ def gatedgen(*args, stdin: bytes | None = b"", timeout: float = 120):
 
 
 def test_piped_prompt_greedy_equals_oracle(ckpt):
-    # exact weights (the CPU default is int8 weights, gatedgen/quantize.py; tests/test_quantize.py)
+    # exact fp32 weights on any device (the CPU default is int8 weights, gatedgen/quantize.py,
+    # tests/test_quantize.py; the CUDA default bf16, whose greedy path leaves the fp32 oracle's within 20
+    # tokens of this random model: seen on the H100, 2026-11-25)
     r = gatedgen("complete", "-m", str(ckpt), "-n", "20", "-t", "0", "--ignore-eos", "-q", "none",
-                 stdin=b"Once upon a time\n")
+                 "--dtype", "float32", stdin=b"Once upon a time\n")
     assert r.returncode == 0, r.stderr
     tok = Tokenizer.from_dir(ckpt)
     expected = tok.decode(FoxOracle(ckpt).greedy(tok.encode("Once upon a time"), 20))
