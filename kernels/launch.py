@@ -44,6 +44,7 @@ import os
 
 import torch
 from triton import knobs
+from triton.compiler.compiler import CompiledKernel
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
 from triton.tools.tensor_descriptor import TensorDescriptor as TlTensorDescriptor
 from triton.runtime.driver import driver
@@ -152,7 +153,8 @@ class PreparedLaunch:
     """One launch with its whole C-launcher argument list built (pointers as integers, TMA maps filled):
     ``()`` launches it on the current stream. It holds no tensor: the caller keys it on the addresses,
     shapes and values it was built from and keeps alive what it points to (``keep``: e.g. a schedule
-    tensor the caller's own cache may drop). Launch hooks (e.g. proton's) do not see these launches."""
+    tensor the caller's own cache may drop). ``launch_prepared`` replays it only while no launch hook
+    (e.g. proton's) listens."""
 
     __slots__ = ("_raw", "_device", "_grid", "_args", "keep")
 
@@ -175,34 +177,37 @@ class LaunchCache:
         self._compiled: dict[tuple, _Entry] = {}
         self._plans: dict = {}  # caller key -> PreparedLaunch (``launch_prepared``)
 
-    def _entry(self, grid, args, meta, launch: bool):
-        """(key, entry) of this call; a new key is compiled by Triton's dispatch, which also launches when
-        ``launch`` (else ``warmup``: compile only). (None, None) when the key does not cover an argument."""
+    def _lookup(self, args, meta):
+        """(key, entry or None) of a call (the key: module docstring), or (None, None) where the key does not
+        cover an argument."""
         try:
             key = (torch.cuda.current_device(), tuple(map(_arg_key, args)), tuple(meta.items()))
-            entry = self._compiled.get(key)
+            return key, self._compiled.get(key)
         except TypeError:  # an argument type the key does not cover, or an unhashable value
             return None, None
-        if entry is None:
-            if launch:
-                compiled = self.kernel[grid](*args, **meta)
-            else:
-                compiled = self.kernel.warmup(*args, grid=grid, **meta)
+
+    def _compile(self, key, grid, args, meta, launch: bool):
+        """Triton's dispatch for a new key: compiles (and launches when ``launch``, else ``warmup``) and keeps
+        the compiled kernel under the key; returns what Triton returned. Not kept: anything but a compiled
+        kernel (an asynchronous compile's future, None from a cache hook that skipped the compile)."""
+        compiled = self.kernel[grid](*args, **meta) if launch else self.kernel.warmup(*args, grid=grid, **meta)
+        if isinstance(compiled, CompiledKernel):
             if len(self._compiled) >= _MAX_KEYS:
                 self._compiled.clear()
             # the parameters after the positional ones (constexprs, defaults), as Triton binds them
             params = self.kernel.params[len(args):]
             tail = tuple(meta[p.name] if p.name in meta else p.default for p in params)
             self._compiled[key] = _Entry(compiled, tail)
-            return key, None if launch else self._compiled[key]
-        return key, entry
+        return compiled
 
     def __call__(self, grid, *args, **meta):
         if _INTERPRET:
             return self.kernel[grid](*args, **meta)
-        key, entry = self._entry(grid, args, meta, launch=True)
-        if entry is None:  # launched by Triton (a new key), or a key-less call
-            return self.kernel[grid](*args, **meta) if key is None else self._compiled[key].compiled
+        key, entry = self._lookup(args, meta)
+        if key is None:
+            return self.kernel[grid](*args, **meta)
+        if entry is None:
+            return self._compile(key, grid, args, meta, launch=True)
         self.hits += 1
         stream = driver.active.get_current_stream(key[0])
         grid = tuple(grid) + (1,) * (3 - len(grid))
@@ -224,7 +229,12 @@ class LaunchCache:
         CUDA tensor of the current device (its address goes in as an integer, unchecked)."""
         if _INTERPRET or not _hooks_idle():
             return None
-        key, entry = self._entry(grid, args, meta, launch=False)
+        key, entry = self._lookup(args, meta)
+        if key is None:
+            return None
+        if entry is None:
+            self._compile(key, grid, args, meta, launch=False)
+            entry = self._compiled.get(key)
         if entry is None or entry.raw is None:
             return None
         grid = tuple(grid) + (1,) * (3 - len(grid))
@@ -234,9 +244,9 @@ class LaunchCache:
         """Launch the prepared launch stored under the caller's ``plan_key``, or first prepare one from
         ``make()`` -> (grid, args, meta, keep) and store it. ``plan_key`` must determine every argument
         ``make`` would build (addresses, shapes, values, settings). Where no launch can be prepared the
-        call is launched the ordinary way (and None returned)."""
+        call is launched the ordinary way (and None returned), as it is while a launch hook listens."""
         plan = self._plans.get(plan_key)
-        if plan is None:
+        if plan is None or not _hooks_idle():
             grid, args, meta, keep = make()
             plan = self.prepare(grid, *args, keep=keep, **meta)
             if plan is None:

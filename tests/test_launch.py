@@ -198,14 +198,20 @@ def test_prepare_compiles_without_launching_and_replays_current_values():
 
 @needs_cuda
 def test_gpu_launch_hooks_still_called():
-    """With a launch hook listening, fast-path launches go through Triton's launcher (which calls it) and
-    ``prepare`` declines; without one, the C launcher is called directly."""
+    """With a launch hook listening, fast-path launches go through Triton's launcher (which calls it),
+    ``prepare`` declines and a stored prepared launch is not replayed; without one, the C launcher is
+    called directly."""
     from triton import knobs
 
     cache = LaunchCache(_scaled_copy)
     x = torch.randn(64, device="cuda")
     y = torch.empty(64, device="cuda")
     cache((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False)  # compile
+
+    def make():
+        return (1,), (x, y, 64, 1, 1.0), dict(BLOCK=64, ADD_ONE=False), None
+
+    assert cache.launch_prepared("plan", make) is not None  # stored while no hook listens
     seen = []
 
     def hook(metadata):
@@ -215,7 +221,8 @@ def test_gpu_launch_hooks_still_called():
     try:
         cache((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False)
         assert cache.prepare((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False) is None
+        assert cache.launch_prepared("plan", make) is None  # the stored plan is not replayed past the hook
     finally:
         knobs.runtime.launch_enter_hook.remove(hook)
-    assert seen == ["_scaled_copy"]
+    assert seen == ["_scaled_copy"] * 2
     assert cache.prepare((1,), x, y, 64, 1, 1.0, BLOCK=64, ADD_ONE=False) is not None

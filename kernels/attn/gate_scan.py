@@ -109,9 +109,12 @@ def gate_scan(
         NT = cdiv(T, BT)
         grid = (B * NT, cdiv(HQ, BH))
         args = (g, out, rows if rows is not None else out, None, None, T, NT, TKP)
+        if not g.is_cuda:  # the interpreter (or Triton's own error for a CPU tensor)
+            _LAUNCH(grid, *args, **meta)
+            return out
         # an eager forward's first launch: a prepared launch, keyed on what its arguments are made of
-        key = (g.get_device(), B, T, HQ, g.data_ptr(), out.data_ptr(), rows.data_ptr() if rows is not None else None,
-               TKP, reverse)
+        key = (torch.cuda.current_device(), g.get_device(), B, T, HQ, g.data_ptr(), out.data_ptr(),
+               rows.data_ptr() if rows is not None else None, TKP, reverse, BT, BP, NUM_WARPS)
         _LAUNCH.launch_prepared(key, lambda: (grid, args, meta, None))
         return out
     chunks = prepare_chunk_indices(cu_seqlens, BT)

@@ -175,8 +175,8 @@ def _cached(key, build):
             _SCHEDULES.popitem(last=False)
     else:
         _SCHEDULES.move_to_end(key)
-    if capturing:
-        _CAPTURED[key] = sched
+    if capturing:  # keyed by object too: a prepared launch may hold an older schedule of the same key
+        _CAPTURED[(key, id(sched))] = sched
     return sched
 
 
@@ -209,13 +209,14 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
             grid, args, meta, _ = launch
             _LAUNCH(grid, *args, **meta)
         return
-    plan_key = (q.get_device(), q.dtype, q.shape, k.shape, q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(),
-                lse.data_ptr(), None if gct is None else (gct.data_ptr(), gct.shape[1]), scale, blocks, programs,
-                group, _HALF_MAX_TK, _GROUP, _BLOCKS.get(q.shape[3]))
+    plan_key = (torch.cuda.current_device(), q.get_device(), q.dtype, k.dtype, v.dtype, o.dtype, q.shape, k.shape,
+                q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(),
+                None if gct is None else (gct.data_ptr(), gct.shape), scale, blocks, programs, group, _HALF_MAX_TK,
+                _GROUP, _BLOCKS.get(q.shape[3]))
     plan = _LAUNCH.launch_prepared(
         plan_key, lambda: _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, None))
     if plan is not None and torch.cuda.is_current_stream_capturing():
-        _CAPTURED[plan.keep[0]] = plan.keep[1]  # the graph reads the schedule at every replay
+        _CAPTURED[(plan.keep[0], id(plan.keep[1]))] = plan.keep[1]  # the graph reads it at every replay
 
 
 def _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens):
