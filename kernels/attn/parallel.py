@@ -173,8 +173,10 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
     lse = torch.empty(B, TQ, HQ, dtype=torch.float32, device=q.device)
     if TQ == 0:
         return o, lse
-    if _HOPPER and not _INTERPRET and not _AUTOTUNE and parallel_hopper.supported(q, k, cu_seqlens, v):
-        # first: the eager prefill path, where host time per call counts
+    if (_HOPPER and not _INTERPRET and not (_AUTOTUNE and cu_seqlens is None)
+            and parallel_hopper.supported(q, k, cu_seqlens, v)):
+        # first: the eager prefill path, where host time per call counts (GATEDGEN_AUTOTUNE=1: dense
+        # batches take the autotuned tl kernel below)
         parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse,
                                                  cu_seqlens=cu_seqlens)
         return o, lse
@@ -188,10 +190,6 @@ def parallel_attn_fwd(q, k, v, gc, scale: float, cu_seqlens, gct=None):
 
         _fwd_tuned[grid](q, k, v, o, gc, lse, None, None, None, None, None, scale, TQ, TK, 0, 0,
                          IS_VARLEN=False, USE_TMA=False, GATE_T=0, **common)
-        return o, lse
-    if _HOPPER and not _INTERPRET and parallel_hopper.supported(q, k, cu_seqlens, v):  # packed, under _AUTOTUNE
-        parallel_hopper.parallel_attn_fwd_hopper(q, k, v, _gate_rows(gc, 1, gct)[0], scale, o, lse,
-                                                 cu_seqlens=cu_seqlens)
         return o, lse
     cfg = _blocks(_fwd_kind(gc is not None, q.element_size(), TK, cu_seqlens is not None), BK)
     desc_k, desc_v = _tile_descriptors(k, v, cfg["BS"], BK)

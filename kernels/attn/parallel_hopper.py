@@ -175,14 +175,21 @@ def _cached(key, build):
             _SCHEDULES.popitem(last=False)
     else:
         _SCHEDULES.move_to_end(key)
-    if capturing:  # keyed by object too: a prepared launch may hold an older schedule of the same key
-        _CAPTURED[(key, id(sched))] = sched
+    if capturing:
+        _keep_captured(key, sched)
     return sched
 
 
-def _schedule_cached(*key) -> torch.Tensor:
-    """``_schedule(*key)`` through the cache of recent schedules (``_cached``)."""
-    return _cached(("dense",) + key, lambda: _schedule(*key))
+def _keep_captured(key, sched) -> None:
+    """Keep a schedule that a CUDA graph being captured reads at every replay. Kept per object, not per key
+    alone: a prepared launch may hold an older schedule of the same key than the cache's."""
+    _CAPTURED[(key, id(sched))] = sched
+
+
+def _schedule_cached(*key) -> tuple[tuple, torch.Tensor]:
+    """(cache key, ``_schedule(*key)``) through the cache of recent schedules (``_cached``)."""
+    sched_key = ("dense",) + key
+    return sched_key, _cached(sched_key, lambda: _schedule(*key))
 
 
 _LAUNCH = LaunchCache(parallel_attn_fwd_hopper_kernel)
@@ -216,7 +223,7 @@ def parallel_attn_fwd_hopper(q, k, v, gct, scale: float, o: torch.Tensor, lse: t
     plan = _LAUNCH.launch_prepared(
         plan_key, lambda: _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, None))
     if plan is not None and torch.cuda.is_current_stream_capturing():
-        _CAPTURED[(plan.keep[0], id(plan.keep[1]))] = plan.keep[1]  # the graph reads it at every replay
+        _keep_captured(*plan.keep)
 
 
 def _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlens):
@@ -237,8 +244,7 @@ def _launch_args(q, k, v, gct, scale, o, lse, blocks, programs, group, cu_seqlen
     GH = group or _GROUP
     if cu_seqlens is None:
         n_prog = min(n_prog, triton.cdiv(TQ, BM) * B * HQ)
-        sched_key = ("dense", TQ, TK, B * HQ, BM, BN, n_prog, GH, q.device)
-        sched = _cached(sched_key, lambda: _schedule(TQ, TK, B * HQ, BM, BN, n_prog, GH, q.device))
+        sched_key, sched = _schedule_cached(TQ, TK, B * HQ, BM, BN, n_prog, GH, q.device)
         tiles = None
         longest = TK
     else:
